@@ -1,0 +1,251 @@
+//! Database access: one pool type per backend behind `Db`, the schema-version check every role
+//! runs before it serves, and `keystone migrate`. Queries are written once and run on either
+//! backend through `on_db!`.
+
+use crate::config::{Config, Engine};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+use std::time::Duration;
+
+pub mod users;
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// A connection pool for the configured backend.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same expression against whichever pool `db` holds; the expression is compiled
+/// once per backend, so one query text serves both (use `$1`-style placeholders, which SQLite
+/// also understands).
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("SQLite database {path} does not exist; run `keystone migrate` to create it")]
+    MissingFile { path: String },
+    #[error("cannot create the database directory {path}: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database: {0}")]
+    Connect(sqlx::Error),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Schema(String),
+}
+
+/// How the database schema compares with the migrations compiled into this binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// Versions compiled in but not applied, with their descriptions.
+    pub pending: Vec<(i64, String)>,
+    /// Versions applied in the database that this binary does not know (a newer release ran).
+    pub unknown: Vec<i64>,
+    /// A migration that started but did not finish.
+    pub dirty: Option<i64>,
+    pub latest_known: i64,
+    pub latest_applied: Option<i64>,
+}
+
+impl SchemaStatus {
+    pub fn is_current(&self) -> bool {
+        self.pending.is_empty() && self.unknown.is_empty() && self.dirty.is_none()
+    }
+
+    /// The refusal message `serve` prints when the schema is not current.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(v) = self.dirty {
+            return Some(format!(
+                "database migration {v} did not complete; restore the database backup and run `keystone migrate` again"
+            ));
+        }
+        if !self.unknown.is_empty() {
+            return Some(format!(
+                "the database schema (version {}) is newer than this keystone binary (knows up to {}); install the newer keystone release that migrated it",
+                self.latest_applied.unwrap_or_default(),
+                self.latest_known
+            ));
+        }
+        if !self.pending.is_empty() {
+            let applied = match self.latest_applied {
+                Some(v) => format!("at version {v}"),
+                None => "not migrated".to_string(),
+            };
+            return Some(format!(
+                "the database schema is {applied} but this keystone binary needs version {} ({} pending migration(s)); run `keystone migrate`",
+                self.latest_known,
+                self.pending.len()
+            ));
+        }
+        None
+    }
+}
+
+impl Db {
+    /// Opens a pool. With `create` the SQLite file and its directory are created when missing
+    /// (only `migrate` and `quickstart` do that; serving roles refuse a missing file).
+    pub async fn connect(config: &Config, create: bool) -> Result<Db, DbError> {
+        let s = &config.settings.database;
+        match s.engine {
+            Engine::Postgres => {
+                let mut opts = PgConnectOptions::new()
+                    .host(&s.host)
+                    .port(s.port)
+                    .database(&s.name)
+                    .application_name("keystone");
+                if !s.user.is_empty() {
+                    opts = opts.username(&s.user);
+                }
+                if !s.password.is_empty() {
+                    opts = opts.password(&s.password);
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(s.pool_size)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await
+                    .map_err(DbError::Connect)?;
+                Ok(Db::Postgres(pool))
+            }
+            Engine::Sqlite => {
+                let path = config.sqlite_path();
+                if create {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir).map_err(|source| DbError::Directory {
+                            path: dir.display().to_string(),
+                            source,
+                        })?;
+                    }
+                } else if !path.exists() {
+                    return Err(DbError::MissingFile {
+                        path: path.display().to_string(),
+                    });
+                }
+                let opts = SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(create)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(s.pool_size)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await
+                    .map_err(DbError::Connect)?;
+                Ok(Db::Sqlite(pool))
+            }
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Db::Postgres(_) => Engine::Postgres,
+            Db::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self {
+            Db::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Db::Sqlite(_) => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// `SELECT 1` must answer exactly 1.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let one: i32 = on_db!(self, |p| sqlx::query_scalar("SELECT 1").fetch_one(p).await)?;
+        if one == 1 {
+            Ok(())
+        } else {
+            Err(DbError::Schema(
+                "Health Check query did not return the expected result.".into(),
+            ))
+        }
+    }
+
+    pub async fn schema_status(&self) -> Result<SchemaStatus, DbError> {
+        let exists_sql = match self {
+            Db::Postgres(_) => "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()",
+            Db::Sqlite(_) => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        };
+        let exists: i64 = on_db!(self, |p| sqlx::query_scalar(exists_sql).fetch_one(p).await)?;
+        let applied: Vec<(i64, bool)> = if exists > 0 {
+            on_db!(self, |p| sqlx::query_as(
+                "SELECT version, success FROM _sqlx_migrations ORDER BY version"
+            )
+            .fetch_all(p)
+            .await)?
+        } else {
+            Vec::new()
+        };
+        let migrator = self.migrator();
+        let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        let pending = migrator
+            .iter()
+            .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
+            .map(|m| (m.version, m.description.to_string()))
+            .collect();
+        let unknown = applied
+            .iter()
+            .filter(|(v, _)| !known.contains(v))
+            .map(|(v, _)| *v)
+            .collect();
+        let dirty = applied.iter().find(|(_, ok)| !ok).map(|(v, _)| *v);
+        Ok(SchemaStatus {
+            pending,
+            unknown,
+            dirty,
+            latest_known: known.last().copied().unwrap_or(0),
+            latest_applied: applied.last().map(|(v, _)| *v),
+        })
+    }
+
+    /// Applies pending migrations (each in a transaction, under the database-wide migration
+    /// lock) and returns those applied. Refuses a schema newer than the binary.
+    pub async fn migrate(&self) -> Result<Vec<(i64, String)>, DbError> {
+        let status = self.schema_status().await?;
+        if !status.unknown.is_empty() || status.dirty.is_some() {
+            return Err(DbError::Schema(status.problem().unwrap_or_default()));
+        }
+        on_db!(self, |p| self.migrator().run(p).await)?;
+        Ok(status.pending)
+    }
+
+    /// Returns an error naming what to run unless the schema matches this binary exactly.
+    pub async fn require_current_schema(&self) -> Result<(), DbError> {
+        let status = self.schema_status().await?;
+        match status.problem() {
+            Some(p) => Err(DbError::Schema(p)),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn close(&self) {
+        on_db!(self, |p| p.close().await)
+    }
+
+    /// Connections in use and idle, for metrics and status lines.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        on_db!(self, |p| (p.size(), p.num_idle()))
+    }
+}

@@ -1,0 +1,268 @@
+//! The HTTP surface: router with upstream's exact paths, the middleware every response passes
+//! through (host check, HTTPS redirect, trailing-slash redirect, body limit, security headers),
+//! and the mapping of errors to upstream's JSON bodies.
+
+mod base;
+pub mod openapi;
+mod unix;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::health::HealthChecker;
+use salvo::catcher::Catcher;
+use salvo::http::StatusCode;
+use salvo::http::header::{self, HeaderValue};
+use salvo::prelude::*;
+use std::sync::Arc;
+
+pub use unix::InheritedUnixAcceptor;
+
+/// Everything a handler needs, injected into every request's depot.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub health: Arc<HealthChecker>,
+    pub openapi: openapi::Documents,
+}
+
+/// Fetches the shared state from the depot (present on every route by construction).
+pub fn state(depot: &Depot) -> Result<&Arc<AppState>, StatusError> {
+    depot
+        .get_typed::<Arc<AppState>>()
+        .map_err(|_| StatusError::internal_server_error())
+}
+
+/// The JSON error bodies of upstream (`{"detail": ...}`), rendered in one place.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    BadRequest(String),
+    NotFound,
+    MethodNotAllowed(String),
+    PayloadTooLarge(u64),
+    Internal,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::BadRequest(m) => m.clone(),
+            ApiError::NotFound => "Not found.".into(),
+            ApiError::MethodNotAllowed(m) => format!("Method \"{m}\" not allowed."),
+            ApiError::PayloadTooLarge(limit) => {
+                format!("Request body too large: the limit is {limit} bytes.")
+            }
+            ApiError::Internal => "Internal server error.".into(),
+        }
+    }
+
+    pub fn render(&self, res: &mut Response) {
+        res.status_code(self.status());
+        res.render(Json(serde_json::json!({ "detail": self.detail() })));
+    }
+}
+
+/// Injects the shared state.
+struct InjectState(Arc<AppState>);
+
+#[async_trait]
+impl Handler for InjectState {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+    ) {
+        depot.insert_typed(self.0.clone());
+        ctrl.call_next(req, depot, res).await;
+    }
+}
+
+/// Host name of the request without port, lower-cased.
+fn request_host(req: &Request) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().host().map(str::to_string))?;
+    let host = if raw.starts_with('[') {
+        raw.split(']').next().map(|h| format!("{h}]"))?
+    } else {
+        raw.split(':').next()?.to_string()
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// `security.allowed_hosts` matching: `*`, exact, or `.domain` for the domain and subdomains.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|pattern| {
+        let p = pattern.to_ascii_lowercase();
+        if p == "*" {
+            return true;
+        }
+        if let Some(domain) = p.strip_prefix('.') {
+            return host == domain || host.ends_with(&p);
+        }
+        host == p || host.trim_matches(|c| c == '[' || c == ']') == p.trim_matches(|c| c == '[' || c == ']')
+    })
+}
+
+/// `301` with an empty body, as upstream's redirects.
+fn moved_permanently(res: &mut Response, target: &str) {
+    res.status_code(StatusCode::MOVED_PERMANENTLY);
+    match HeaderValue::from_str(target) {
+        Ok(v) => {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => ApiError::BadRequest("Invalid redirect target.".into()).render(res),
+    }
+}
+
+fn is_secure(req: &Request) -> bool {
+    req.uri().scheme_str() == Some("https")
+        || req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim().eq_ignore_ascii_case("https"))
+            .unwrap_or(false)
+}
+
+/// Runs before routing decisions matter: host check, HTTPS redirect, trailing slash, body
+/// limit; and after the handler: the security headers every response carries.
+#[handler]
+async fn gatekeeper(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let Ok(app) = state(depot).cloned() else {
+        ApiError::Internal.render(res);
+        ctrl.skip_rest();
+        return;
+    };
+    let s = &app.config.settings;
+    let secure = is_secure(req);
+    let host_ok = request_host(req)
+        .map(|h| host_allowed(&h, &s.security.allowed_hosts))
+        .unwrap_or(false);
+    if !host_ok {
+        ApiError::BadRequest("Invalid Host header.".into()).render(res);
+        ctrl.skip_rest();
+    } else if s.security.ssl_redirect && !secure {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost")
+            .to_string();
+        let target = format!(
+            "https://{host}{}",
+            req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        );
+        moved_permanently(res, &target);
+        ctrl.skip_rest();
+    } else if !req.uri().path().ends_with('/') {
+        // Every route ends with a slash; upstream answers the unslashed path with a 301.
+        let target = match req.uri().query() {
+            Some(q) => format!("{}/?{q}", req.uri().path()),
+            None => format!("{}/", req.uri().path()),
+        };
+        moved_permanently(res, &target);
+        ctrl.skip_rest();
+    } else if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|len| *len > s.server.max_body_size)
+    {
+        tracing::debug!("refused a {len}-byte body");
+        ApiError::PayloadTooLarge(s.server.max_body_size).render(res);
+        ctrl.skip_rest();
+    } else {
+        ctrl.call_next(req, depot, res).await;
+    }
+    let headers = res.headers_mut();
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    headers.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    if secure && s.security.hsts_seconds > 0 {
+        let mut value = format!("max-age={}", s.security.hsts_seconds);
+        if s.security.hsts_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if s.security.hsts_preload {
+            value.push_str("; preload");
+        }
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
+    }
+}
+
+/// Gives framework-generated errors (unknown path, wrong method, panics) upstream's bodies.
+#[handler]
+async fn json_errors(req: &Request, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let status = res.status_code.unwrap_or(StatusCode::NOT_FOUND);
+    let error = match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(req.method().to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
+            salvo::http::request::global_secure_max_size() as u64,
+        ),
+        s if s.is_server_error() => ApiError::Internal,
+        s => ApiError::BadRequest(s.canonical_reason().unwrap_or("Bad request").to_string()),
+    };
+    let allow = res.headers().get(header::ALLOW).cloned();
+    error.render(res);
+    res.status_code(status);
+    if let Some(allow) = allow {
+        res.headers_mut().insert(header::ALLOW, allow);
+    }
+    ctrl.skip_rest();
+}
+
+/// All routes. Kept free of state so the OpenAPI document can be generated from it alone.
+pub fn router() -> Router {
+    base::routes()
+}
+
+/// The service: routes, middleware and error bodies around the given state.
+pub fn service(state: Arc<AppState>) -> Service {
+    salvo::http::request::set_global_secure_max_size(
+        usize::try_from(state.config.settings.server.max_body_size).unwrap_or(usize::MAX),
+    );
+    // Service-level hoops run for unmatched paths too (404/405 get headers and redirects).
+    Service::new(router())
+        .hoop(InjectState(state))
+        .hoop(gatekeeper)
+        .catcher(Catcher::default().hoop(json_errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_hosts_match_exact_wildcard_and_subdomains() {
+        let allowed: Vec<String> = vec!["localhost".into(), ".example.org".into()];
+        assert!(host_allowed("localhost", &allowed));
+        assert!(host_allowed("example.org", &allowed));
+        assert!(host_allowed("api.example.org", &allowed));
+        assert!(!host_allowed("evil.org", &allowed));
+        assert!(!host_allowed("badexample.org", &allowed));
+        assert!(host_allowed("anything", &["*".to_string()]));
+    }
+}

@@ -1,0 +1,15 @@
+//! Keystone: the HPC allocation-management API as one systemd-native daemon with web, worker
+//! and beat roles. `main.rs` only parses the command line and hands over to `cli`.
+
+pub mod beat;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod health;
+pub mod http;
+pub mod passwords;
+pub mod quickstart;
+pub mod secret;
+pub mod serve;
+pub mod worker;

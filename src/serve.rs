@@ -1,0 +1,236 @@
+//! `keystone serve`: the web, worker and beat roles (alone or all in one process), from
+//! start-up checks through readiness to a bounded, graceful stop.
+
+use crate::config::{Config, Engine};
+use crate::daemon::{self, Listener};
+use crate::db::Db;
+use crate::health::HealthChecker;
+use crate::http::{self, AppState, InheritedUnixAcceptor};
+use crate::secret;
+use salvo::prelude::*;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Web,
+    Worker,
+    Beat,
+    All,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Web => "web",
+            Role::Worker => "worker",
+            Role::Beat => "beat",
+            Role::All => "all",
+        }
+    }
+    pub fn serves_http(self) -> bool {
+        matches!(self, Role::Web | Role::All)
+    }
+    pub fn runs_worker(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+    pub fn runs_beat(self) -> bool {
+        matches!(self, Role::Beat | Role::All)
+    }
+}
+
+/// Why `serve` stopped before serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl ServeError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            ServeError::Config(_) => ExitCode::from(78),
+            ServeError::Startup(_) => ExitCode::from(1),
+        }
+    }
+}
+
+/// Checks that need no I/O: a worker or beat without Redis has nothing to talk to.
+pub fn precheck(config: &Config, role: Role) -> Result<(), ServeError> {
+    if matches!(role, Role::Worker | Role::Beat) && config.redis_url().is_none() {
+        return Err(ServeError::Config(format!(
+            "configuration error: redis.host (from {}): the {} role needs Redis; set redis.host or redis.url (REDIS_HOST), or run `keystone serve --role all` for a single process with an in-process queue",
+            config
+                .sources
+                .get("redis.host")
+                .cloned()
+                .unwrap_or(crate::config::Source::Default),
+            role.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the database, checks the schema and Redis: the part of readiness every role shares.
+pub async fn open_database(config: &Config) -> Result<Db, ServeError> {
+    let db = Db::connect(config, false)
+        .await
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    db.require_current_schema()
+        .await
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    Ok(db)
+}
+
+pub async fn require_redis(config: &Config) -> Result<(), ServeError> {
+    if let Some(url) = config.redis_url() {
+        crate::health::check_redis(&url)
+            .await
+            .map_err(|e| ServeError::Startup(format!("Redis is not reachable: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Runs a role until SIGTERM/SIGINT. `listener` is required for roles that serve HTTP.
+pub async fn serve(
+    config: Config,
+    role: Role,
+    listener: Option<Listener>,
+) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    for n in &config.notices {
+        tracing::info!("{n}");
+    }
+    daemon::notify_status(&format!("{}: starting", role.name()));
+    if role.serves_http() {
+        secret::resolve(&config, config.settings.database.engine == Engine::Sqlite)
+            .map_err(ServeError::Config)?;
+    }
+    if role.serves_http() || role.runs_worker() {
+        ensure_upload_dir(&config).map_err(ServeError::Startup)?;
+    }
+    let db = open_database(&config).await?;
+    require_redis(&config).await?;
+
+    let mut status = vec![format!("role {}", role.name())];
+    let mut background = Vec::new();
+    if role.runs_worker() {
+        let heartbeat = crate::worker::Heartbeat::new(db.clone(), role.name());
+        heartbeat
+            .beat()
+            .await
+            .map_err(|e| ServeError::Startup(format!("cannot record the worker heartbeat: {e}")))?;
+        background.push(heartbeat.spawn(Duration::from_secs(config.settings.worker.heartbeat)));
+        status.push(format!(
+            "worker concurrency {}",
+            config.worker_concurrency()
+        ));
+    }
+    if role.runs_beat() {
+        background.push(crate::beat::spawn(config.clone()));
+        status.push("beat schedules loaded".into());
+    }
+
+    let server = match (role.serves_http(), listener) {
+        (true, Some(listener)) => {
+            let state = Arc::new(AppState {
+                config: config.clone(),
+                db: db.clone(),
+                health: Arc::new(HealthChecker::new(config.clone(), db.clone())),
+                openapi: http::openapi::documents(&http::router()),
+            });
+            status.push(format!("listening on {}", listener.describe()));
+            Some(start_http(listener, http::service(state)).await?)
+        }
+        (true, None) => {
+            return Err(ServeError::Startup(
+                "internal error: no listener for the web role".into(),
+            ));
+        }
+        _ => None,
+    };
+
+    let status = status.join(", ");
+    tracing::info!("ready: {status}");
+    daemon::notify_ready(&status);
+    let watchdog = daemon::spawn_watchdog();
+
+    daemon::shutdown_signal().await;
+    daemon::notify_stopping();
+    tracing::info!("stopping: finishing in-flight work");
+    let grace = Duration::from_secs(config.settings.shutdown.grace_seconds);
+    if let Some((handle, task, cleanup)) = server {
+        handle.stop_graceful(grace);
+        if tokio::time::timeout(grace + Duration::from_secs(1), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish within {grace:?}");
+        }
+        if let Some(path) = cleanup {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    for task in background {
+        task.abort();
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    if role.runs_worker() {
+        crate::worker::Heartbeat::new(db.clone(), role.name())
+            .remove()
+            .await;
+    }
+    db.close().await;
+    Ok(())
+}
+
+type ServerParts = (
+    salvo::server::ServerHandle,
+    tokio::task::JoinHandle<()>,
+    Option<std::path::PathBuf>,
+);
+
+async fn start_http(listener: Listener, service: Service) -> Result<ServerParts, ServeError> {
+    let startup = |e: std::io::Error| ServeError::Startup(format!("cannot use the listener: {e}"));
+    match listener {
+        Listener::Tcp(l) => {
+            l.set_nonblocking(true).map_err(startup)?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(startup)?;
+            let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(l)
+                .map_err(|e| ServeError::Startup(format!("cannot use the listener: {e}")))?;
+            let server = Server::new(acceptor);
+            let handle = server.handle();
+            let task = tokio::spawn(async move { server.serve(service).await });
+            Ok((handle, task, None))
+        }
+        Listener::Unix { listener, path } => {
+            let acceptor = InheritedUnixAcceptor::new(listener).map_err(startup)?;
+            let server = Server::new(acceptor);
+            let handle = server.handle();
+            let task = tokio::spawn(async move { server.serve(service).await });
+            Ok((handle, task, path))
+        }
+    }
+}
+
+/// Creates the upload directory (mode 0770) when missing.
+pub fn ensure_upload_dir(config: &Config) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = config.upload_dir();
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o770)
+        .create(&dir)
+        .map_err(|e| format!("cannot create the upload directory {}: {e}", dir.display()))
+}
