@@ -22,9 +22,7 @@ pub fn entries(config: &Config) -> Vec<Entry> {
         .entries()
         .into_iter()
         .filter(|(_, _, expr)| !expr.trim().is_empty())
-        .filter_map(|(key, task, expr)| {
-            parse_cron(expr).ok().map(|cron| Entry { key, task, cron })
-        })
+        .filter_map(|(key, task, expr)| parse_cron(expr).ok().map(|cron| Entry { key, task, cron }))
         .collect()
 }
 
@@ -76,7 +74,10 @@ mod tests {
         .expect("defaults");
         let all = entries(&config);
         assert_eq!(all.len(), 5);
-        let at = Utc.with_ymd_and_hms(2026, 11, 26, 10, 7, 0).single().expect("time");
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 26, 10, 7, 0)
+            .single()
+            .expect("time");
         let ldap = all.iter().find(|e| e.key == "ldap_sync").expect("ldap");
         assert_eq!(
             next_fire(ldap, at),

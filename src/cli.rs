@@ -55,6 +55,12 @@ pub enum Command {
     /// No-op kept for upgrade scripts written for upstream (there are no static files)
     #[command(hide = true)]
     Collectstatic(IgnoredArgs),
+    /// Write the man page and shell completions (used when building packages)
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory (created when missing)
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -165,13 +171,13 @@ fn config_exit(e: &ConfigError) -> ExitCode {
 
 /// Entry point after parsing; owns the runtime.
 pub fn run(cli: Cli) -> ExitCode {
-    if let Some(level) = &cli.log_level {
-        if config::level_filter(level).is_none() {
-            eprintln!(
-                "keystone: invalid --log-level '{level}': expected error, warning, info, debug or trace"
-            );
-            return ExitCode::from(2);
-        }
+    if let Some(level) = &cli.log_level
+        && config::level_filter(level).is_none()
+    {
+        eprintln!(
+            "keystone: invalid --log-level '{level}': expected error, warning, info, debug or trace"
+        );
+        return ExitCode::from(2);
     }
     match &cli.command {
         Command::Version => {
@@ -187,6 +193,16 @@ pub fn run(cli: Cli) -> ExitCode {
             println!("Keystone serves no static files; nothing to collect.");
             ExitCode::SUCCESS
         }
+        Command::GenerateAssets { out } => match crate::assets::write(out) {
+            Ok(()) => {
+                println!("man page and completions written to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keystone: cannot write to {}: {e}", out.display());
+                ExitCode::from(1)
+            }
+        },
         Command::Config(cmd) => run_config(&cli, cmd),
         Command::Migrate(args) => run_migrate(&cli, args),
         Command::Serve(args) => run_serve(&cli, args),
@@ -226,9 +242,13 @@ fn run_config(cli: &Cli, cmd: &ConfigCommand) -> ExitCode {
                     return ExitCode::from(1);
                 };
                 let outcome = rt.block_on(async {
-                    let db = Db::connect(&config, false).await.map_err(|e| e.to_string())?;
+                    let db = Db::connect(&config, false)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     db.ping().await.map_err(|e| e.to_string())?;
-                    serve::require_redis(&config).await.map_err(|e| e.to_string())?;
+                    serve::require_redis(&config)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     Ok::<_, String>(())
                 });
                 if let Err(e) = outcome {
@@ -255,6 +275,15 @@ fn run_migrate(cli: &Cli, args: &MigrateArgs) -> ExitCode {
         if args.check {
             let db = match Db::connect(&config, false).await {
                 Ok(db) => db,
+                Err(crate::db::DbError::MissingFile { path }) => {
+                    eprintln!("keystone: the SQLite database {path} does not exist yet; run `keystone migrate`");
+                    for (version, description) in
+                        crate::db::known_migrations(config.settings.database.engine)
+                    {
+                        println!("pending  {version:04} {description}");
+                    }
+                    return ExitCode::from(1);
+                }
                 Err(e) => {
                     eprintln!("keystone: {e}");
                     return ExitCode::from(1);

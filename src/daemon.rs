@@ -43,14 +43,14 @@ pub fn init_logging(config: &Config, level: Option<&str>) {
     };
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("warn"));
     let registry = tracing_subscriber::registry().with(filter);
-    if stderr_is_journal() {
-        if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer
-                .with_syslog_identifier("keystone".into())
-                .with_field_prefix(None);
-            let _ = registry.with(layer).try_init();
-            return;
-        }
+    if stderr_is_journal()
+        && let Ok(layer) = tracing_journald::layer()
+    {
+        let layer = layer
+            .with_syslog_identifier("keystone".into())
+            .with_field_prefix(None);
+        let _ = registry.with(layer).try_init();
+        return;
     }
     if config.settings.logging.format.eq_ignore_ascii_case("json") {
         let _ = registry

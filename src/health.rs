@@ -40,10 +40,10 @@ impl HealthChecker {
     pub async fn results(&self) -> Vec<CheckResult> {
         let max_age = Duration::from_secs(self.config.settings.health.cache_seconds);
         let mut cache = self.cache.lock().await;
-        if let Some((at, results)) = cache.as_ref() {
-            if at.elapsed() < max_age {
-                return results.clone();
-            }
+        if let Some((at, results)) = cache.as_ref()
+            && at.elapsed() < max_age
+        {
+            return results.clone();
         }
         let results = self.run().await;
         *cache = Some((Instant::now(), results.clone()));
@@ -99,7 +99,10 @@ async fn check_smtp(config: &Config) -> Result<(), String> {
                 Ok(())
             }
             Err(err) => {
-                tracing::warn!("health: debug mail directory {} is not writable: {err}", dir.display());
+                tracing::warn!(
+                    "health: debug mail directory {} is not writable: {err}",
+                    dir.display()
+                );
                 Err("Unavailable: Failed to open connection with SMTP server".into())
             }
         };
@@ -109,7 +112,9 @@ async fn check_smtp(config: &Config) -> Result<(), String> {
     } else if e.use_tls {
         AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.host)
     } else {
-        Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.host))
+        Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+            &e.host,
+        ))
     };
     let mut builder = match builder {
         Ok(b) => b.port(e.port).timeout(Some(Duration::from_secs(15))),
@@ -224,8 +229,8 @@ pub async fn check_redis(url: &str) -> Result<(), String> {
 
 /// At least one worker heartbeat younger than three heartbeat intervals.
 async fn check_workers(config: &Config, db: &Db) -> Result<(), String> {
-    let cutoff = chrono::Utc::now()
-        - chrono::Duration::seconds(3 * config.settings.worker.heartbeat as i64);
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::seconds(3 * config.settings.worker.heartbeat as i64);
     let live: Result<i64, sqlx::Error> = on_db!(db, |p| sqlx::query_scalar(
         "SELECT COUNT(*) FROM keystone_worker_heartbeat WHERE seen_at > $1"
     )

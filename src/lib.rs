@@ -1,6 +1,7 @@
 //! Keystone: the HPC allocation-management API as one systemd-native daemon with web, worker
 //! and beat roles. `main.rs` only parses the command line and hands over to `cli`.
 
+pub mod assets;
 pub mod beat;
 pub mod cli;
 pub mod config;

@@ -20,7 +20,11 @@ pub fn run(cli: &Cli, args: &QuickstartArgs) -> ExitCode {
         eprintln!("At least one action is required. See `quickstart --help` for details.");
         return ExitCode::from(2);
     }
-    let mut extra = vec![("server.bind".to_string(), args.bind.clone(), "--bind".to_string())];
+    let mut extra = vec![(
+        "server.bind".to_string(),
+        args.bind.clone(),
+        "--bind".to_string(),
+    )];
     if smtp {
         extra.push(("email.host".into(), "127.0.0.1".into(), "--smtp".into()));
         extra.push((
@@ -71,12 +75,11 @@ pub fn run(cli: &Cli, args: &QuickstartArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         }
-        if demo_user {
-            if let Err(e) = create_demo_user(&config, args.demo_password.as_deref()).await {
+        if demo_user
+            && let Err(e) = create_demo_user(&config, args.demo_password.as_deref()).await {
                 eprintln!("keystone: {e}");
                 return ExitCode::from(1);
             }
-        }
         if smtp {
             match tokio::net::TcpListener::bind(("127.0.0.1", args.smtp_port)).await {
                 Ok(l) => {
@@ -111,7 +114,9 @@ pub fn run(cli: &Cli, args: &QuickstartArgs) -> ExitCode {
 
 /// Creates `admin` when no account exists; prints the password once (never logged).
 async fn create_demo_user(config: &config::Config, password: Option<&str>) -> Result<(), String> {
-    let db = Db::connect(config, false).await.map_err(|e| e.to_string())?;
+    let db = Db::connect(config, false)
+        .await
+        .map_err(|e| e.to_string())?;
     if users::count(&db).await.map_err(|e| e.to_string())? > 0 {
         println!("User accounts already exist - skipping.");
         return Ok(());
@@ -172,7 +177,9 @@ async fn smtp_session(stream: tokio::net::TcpStream) -> std::io::Result<()> {
             to.push(line[8..].trim().to_string());
             b"250 OK\r\n"
         } else if upper == "DATA" {
-            write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+            write
+                .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                .await?;
             let mut body = Vec::new();
             while let Some(l) = lines.next_line().await? {
                 if l == "." {

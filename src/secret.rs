@@ -35,7 +35,12 @@ pub fn resolve(config: &Config, may_generate: bool) -> Result<String, String> {
         .create_new(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| format!("cannot store a generated secret key in {}: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot store a generated secret key in {}: {e}",
+                path.display()
+            )
+        })?;
     file.write_all(key.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     tracing::warn!(

@@ -24,16 +24,16 @@ pub fn parse_bool(text: &str) -> Option<bool> {
 /// Splits a comma-separated list, trimming items and dropping empty ones.
 pub fn split_list(text: &str) -> Vec<String> {
     let t = text.trim();
-    if t.starts_with('[') && t.ends_with(']') {
-        if let Ok(items) = toml::from_str::<BTreeMap<String, Vec<String>>>(&format!("v = {t}")) {
-            if let Some(v) = items.get("v") {
-                return v
-                    .iter()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-            }
-        }
+    if t.starts_with('[')
+        && t.ends_with(']')
+        && let Ok(items) = toml::from_str::<BTreeMap<String, Vec<String>>>(&format!("v = {t}"))
+        && let Some(v) = items.get("v")
+    {
+        return v
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
     }
     t.split(',')
         .map(|s| s.trim().to_string())
@@ -80,10 +80,12 @@ fn int_from_str<E: de::Error>(v: &str) -> Result<i64, E> {
         return Ok(n);
     }
     // Upstream writes some integral defaults as floats ("2621440.0").
-    if let Ok(f) = t.parse::<f64>() {
-        if f.fract() == 0.0 && f.is_finite() && f.abs() < 9.0e15 {
-            return Ok(f as i64);
-        }
+    if let Ok(f) = t.parse::<f64>()
+        && f.fract() == 0.0
+        && f.is_finite()
+        && f.abs() < 9.0e15
+    {
+        return Ok(f as i64);
     }
     Err(E::custom(format!("invalid integer \"{v}\"")))
 }

@@ -282,7 +282,9 @@ pub fn load(opts: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
             raw.clone()
         };
         insert_path(&mut alias_dict, key, Value::from(value));
-        notices.push(format!("using upstream environment variable {var} for {key}"));
+        notices.push(format!(
+            "using upstream environment variable {var} for {key}"
+        ));
         sources.insert(key.to_string(), Source::Alias(var.to_string()));
     }
     if let Some(raw) = env.get("STORAGE_UPLOAD_DIR") {
@@ -325,12 +327,12 @@ pub fn load(opts: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
             ));
             continue;
         }
-        if let Some(alias) = ALIASES.iter().find(|(_, k)| *k == key).map(|(a, _)| *a) {
-            if env.contains_key(alias) {
-                warnings.push(format!(
-                    "both {var} and the upstream name {alias} are set; {var} wins"
-                ));
-            }
+        if let Some(alias) = ALIASES.iter().find(|(_, k)| *k == key).map(|(a, _)| *a)
+            && env.contains_key(alias)
+        {
+            warnings.push(format!(
+                "both {var} and the upstream name {alias} are set; {var} wins"
+            ));
         }
         insert_path(&mut env_dict, &key, Value::from(raw.clone()));
         let leaf = MAP_KEYS
@@ -353,9 +355,7 @@ pub fn load(opts: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
         .merge(Serialized::defaults(alias_dict))
         .merge(Serialized::defaults(env_dict))
         .merge(Serialized::defaults(cli_dict));
-    let mut settings: Settings = figment
-        .extract()
-        .map_err(|e| figment_error(e, &sources))?;
+    let mut settings: Settings = figment.extract().map_err(|e| figment_error(e, &sources))?;
 
     resolve_secret_files(&mut settings, &mut sources)?;
     let state_dir = resolve_state_dir(&settings, &sources, env, config_file.is_some(), opts);
@@ -430,7 +430,10 @@ fn figment_error(e: figment::Error, sources: &BTreeMap<String, Source>) -> Confi
             }
         }
         figment::error::Kind::UnknownVariant(v, expected) => {
-            format!("unknown value \"{v}\", expected one of: {}", expected.join(", "))
+            format!(
+                "unknown value \"{v}\", expected one of: {}",
+                expected.join(", ")
+            )
         }
         other => other.to_string(),
     };
@@ -467,7 +470,10 @@ fn resolve_secret_files(
             message: format!("cannot read the secret file: {e}"),
         })?;
         *target = text.trim().to_string();
-        sources.insert(key.to_string(), Source::Derived(format!("read from {path}")));
+        sources.insert(
+            key.to_string(),
+            Source::Derived(format!("read from {path}")),
+        );
         Ok(())
     }
     let mut secret_key = s.security.secret_key.clone().unwrap_or_default();
@@ -709,16 +715,13 @@ impl Config {
             .bind
             .parse::<BindAddr>()
             .map_err(|m| self.err("server.bind", q(&s.server.bind), m))?;
-        s.server
-            .timezone
-            .parse::<chrono_tz::Tz>()
-            .map_err(|_| {
-                self.err(
-                    "server.timezone",
-                    q(&s.server.timezone),
-                    "unknown time zone (use an IANA name such as UTC or Europe/Berlin)",
-                )
-            })?;
+        s.server.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+            self.err(
+                "server.timezone",
+                q(&s.server.timezone),
+                "unknown time zone (use an IANA name such as UTC or Europe/Berlin)",
+            )
+        })?;
         if level_filter(&s.logging.level).is_none() {
             return Err(self.err(
                 "logging.level",
@@ -761,11 +764,7 @@ impl Config {
             ));
         }
         if s.database.pool_size == 0 {
-            return Err(self.err(
-                "database.pool_size",
-                Some("0".into()),
-                "must be at least 1",
-            ));
+            return Err(self.err("database.pool_size", Some("0".into()), "must be at least 1"));
         }
         if s.database.engine == Engine::Postgres && s.database.name.is_empty() {
             return Err(self.err(
@@ -786,14 +785,14 @@ impl Config {
                 ));
             }
         }
-        if let Some(host) = &s.redis.host {
-            if host.contains('/') || host.contains(' ') {
-                return Err(self.err(
-                    "redis.host",
-                    q(host),
-                    "expected a bare host name or address (use redis.url for a full URL)",
-                ));
-            }
+        if let Some(host) = &s.redis.host
+            && (host.contains('/') || host.contains(' '))
+        {
+            return Err(self.err(
+                "redis.host",
+                q(host),
+                "expected a bare host name or address (use redis.url for a full URL)",
+            ));
         }
         if s.email.use_tls && s.email.use_ssl {
             return Err(self.err(
@@ -802,9 +801,8 @@ impl Config {
                 "use_tls (STARTTLS) and use_ssl (implicit TLS) cannot both be on",
             ));
         }
-        if !s.ldap.server_uri.is_empty()
-            && !(s.ldap.server_uri.starts_with("ldap://") || s.ldap.server_uri.starts_with("ldaps://"))
-        {
+        let uri = &s.ldap.server_uri;
+        if !(uri.is_empty() || uri.starts_with("ldap://") || uri.starts_with("ldaps://")) {
             return Err(self.err(
                 "ldap.server_uri",
                 q(&s.ldap.server_uri),
@@ -824,10 +822,7 @@ impl Config {
                 return Err(self.err(
                     "ldap.attr_map",
                     q(field),
-                    format!(
-                        "unknown user field; allowed: {}",
-                        LDAP_FIELDS.join(", ")
-                    ),
+                    format!("unknown user field; allowed: {}", LDAP_FIELDS.join(", ")),
                 ));
             }
         }
@@ -839,12 +834,19 @@ impl Config {
             ));
         }
         self.metrics_ports()?;
-        s.metrics
-            .address
-            .parse::<IpAddr>()
-            .map_err(|_| self.err("metrics.address", q(&s.metrics.address), "expected an IP address"))?;
+        s.metrics.address.parse::<IpAddr>().map_err(|_| {
+            self.err(
+                "metrics.address",
+                q(&s.metrics.address),
+                "expected an IP address",
+            )
+        })?;
         if s.worker.heartbeat == 0 {
-            return Err(self.err("worker.heartbeat", Some("0".into()), "must be at least 1 second"));
+            return Err(self.err(
+                "worker.heartbeat",
+                Some("0".into()),
+                "must be at least 1 second",
+            ));
         }
         for (key, _, cron) in s.schedule.entries() {
             if cron.trim().is_empty() {
@@ -939,7 +941,11 @@ impl Config {
     }
 
     pub fn timezone(&self) -> chrono_tz::Tz {
-        self.settings.server.timezone.parse().unwrap_or(chrono_tz::UTC)
+        self.settings
+            .server
+            .timezone
+            .parse()
+            .unwrap_or(chrono_tz::UTC)
     }
 
     pub fn worker_concurrency(&self) -> usize {

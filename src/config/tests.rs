@@ -70,7 +70,10 @@ fn state_dir_is_local_without_config_and_packaged_with_one() {
     let c = load_env(&env(&[])).expect("load");
     if !Path::new(DEFAULT_CONFIG_PATH).exists() {
         assert_eq!(c.state_dir, PathBuf::from("/srv/keystone-data"));
-        assert_eq!(c.sqlite_path(), PathBuf::from("/srv/keystone-data/keystone.db"));
+        assert_eq!(
+            c.sqlite_path(),
+            PathBuf::from("/srv/keystone-data/keystone.db")
+        );
     }
     let f = file("[server]\ntimezone = \"UTC\"\n");
     let c = load(&with_file(&f), &env(&[])).expect("load");
@@ -82,7 +85,9 @@ fn state_dir_is_local_without_config_and_packaged_with_one() {
 
 #[test]
 fn file_then_alias_then_keystone_env_then_cli() {
-    let f = file("[server]\nbind = \"127.0.0.1:7000\"\n\n[database]\nhost = \"file-host\"\nport = 5433\n");
+    let f = file(
+        "[server]\nbind = \"127.0.0.1:7000\"\n\n[database]\nhost = \"file-host\"\nport = 5433\n",
+    );
     let opts = with_file(&f);
     let c = load(&opts, &env(&[])).expect("file");
     assert_eq!(c.settings.server.bind, "127.0.0.1:7000");
@@ -149,8 +154,14 @@ fn upstream_aliases_convert_their_values() {
     let s = &c.settings;
     assert_eq!(s.database.engine, Engine::Postgres);
     assert_eq!(s.database.name, "ks");
-    assert_eq!(s.security.allowed_hosts, vec!["localhost", "api.example.org"]);
-    assert_eq!(s.ldap.attr_map.get("last_name").map(String::as_str), Some("sn"));
+    assert_eq!(
+        s.security.allowed_hosts,
+        vec!["localhost", "api.example.org"]
+    );
+    assert_eq!(
+        s.ldap.attr_map.get("last_name").map(String::as_str),
+        Some("sn")
+    );
     assert_eq!(s.upload.max_size, 2_621_440);
     assert!(s.security.ssl_tokens);
     assert_eq!(
@@ -170,11 +181,18 @@ fn sqlite_path_follows_upstream_db_name_rule() {
 
 #[test]
 fn storage_upload_dir_is_honoured_with_a_warning() {
-    let c = load_env(&env(&[("STORAGE_UPLOAD_DIR", "/data/media"), ("DJANGO_SETTINGS_MODULE", "x")]))
-        .expect("load");
+    let c = load_env(&env(&[
+        ("STORAGE_UPLOAD_DIR", "/data/media"),
+        ("DJANGO_SETTINGS_MODULE", "x"),
+    ]))
+    .expect("load");
     assert_eq!(c.upload_dir(), PathBuf::from("/data/media"));
     assert!(c.warnings.iter().any(|w| w.contains("STORAGE_UPLOAD_DIR")));
-    assert!(c.warnings.iter().any(|w| w.contains("DJANGO_SETTINGS_MODULE")));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("DJANGO_SETTINGS_MODULE"))
+    );
 }
 
 #[test]
@@ -194,7 +212,10 @@ fn unknown_keystone_variable_is_a_warning_not_an_error() {
     .expect("load");
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("KEYSTONE_SERVER__BINDD"));
-    assert_eq!(c.settings.ldap.attr_map.get("email").map(String::as_str), Some("mail"));
+    assert_eq!(
+        c.settings.ldap.attr_map.get("email").map(String::as_str),
+        Some("mail")
+    );
 }
 
 #[test]
@@ -245,14 +266,22 @@ fn semantic_validation_errors() {
         ("KEYSTONE_LOGGING__FORMAT", "xml", "logging.format"),
         ("API_THROTTLE_ANON", "ten/min", "throttle.anon"),
         ("API_THROTTLE_USER", "10/fortnight", "throttle.user"),
-        ("SECURE_ALLOWED_ORIGINS", "example.org", "security.allowed_origins"),
+        (
+            "SECURE_ALLOWED_ORIGINS",
+            "example.org",
+            "security.allowed_origins",
+        ),
         ("KEYSTONE_REDIS__URL", "http://x", "redis.url"),
         ("AUTH_LDAP_SERVER_URI", "http://ldap", "ldap.server_uri"),
         ("AUTH_LDAP_ATTR_MAP", "shoe_size=x", "ldap.attr_map"),
         ("AUTH_LDAP_ATTR_MAP", "a=b=c", "ldap.attr_map"),
         ("CONFIG_METRICS_PORTS", "9200-9100", "metrics.ports"),
         ("KEYSTONE_METRICS__ADDRESS", "localhost", "metrics.address"),
-        ("KEYSTONE_SCHEDULE__LDAP_SYNC", "every minute", "schedule.ldap_sync"),
+        (
+            "KEYSTONE_SCHEDULE__LDAP_SYNC",
+            "every minute",
+            "schedule.ldap_sync",
+        ),
         ("KEYSTONE_DATABASE__POOL_SIZE", "0", "database.pool_size"),
     ];
     for (var, value, key) in cases {
@@ -260,8 +289,11 @@ fn semantic_validation_errors() {
         assert_eq!(e.key.as_deref(), Some(*key), "{var}={value}: {e}");
         assert!(e.source.is_some(), "{var}: source named: {e}");
     }
-    let e = load_env(&env(&[("EMAIL_USE_TLS", "1"), ("KEYSTONE_EMAIL__USE_SSL", "1")]))
-        .expect_err("tls+ssl");
+    let e = load_env(&env(&[
+        ("EMAIL_USE_TLS", "1"),
+        ("KEYSTONE_EMAIL__USE_SSL", "1"),
+    ]))
+    .expect_err("tls+ssl");
     assert_eq!(e.key.as_deref(), Some("email.use_ssl"));
 }
 
@@ -274,11 +306,17 @@ fn secrets_come_from_files_and_are_redacted() {
         ("DB_PASSWORD", "hunter2"),
     ]))
     .expect("load");
-    assert_eq!(c.settings.security.secret_key.as_deref(), Some("s3cr3t-from-file"));
+    assert_eq!(
+        c.settings.security.secret_key.as_deref(),
+        Some("s3cr3t-from-file")
+    );
     let shown = c.render(true);
     assert!(!shown.contains("s3cr3t"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
-    assert!(shown.contains("password = \"***\"  # environment variable DB_PASSWORD (upstream name)"), "{shown}");
+    assert!(
+        shown.contains("password = \"***\"  # environment variable DB_PASSWORD (upstream name)"),
+        "{shown}"
+    );
 
     let e = load_env(&env(&[(
         "KEYSTONE_DATABASE__PASSWORD_FILE",
@@ -306,7 +344,9 @@ fn missing_explicit_file_and_bad_toml_are_errors() {
 
 #[test]
 fn bool_and_list_syntax_from_toml_strings_and_arrays() {
-    let f = file("[security]\nssl_tokens = \"yes\"\nallowed_hosts = [\" a \", \"\", \"b\"]\n[metrics]\nports = [9300, 9301]\n");
+    let f = file(
+        "[security]\nssl_tokens = \"yes\"\nallowed_hosts = [\" a \", \"\", \"b\"]\n[metrics]\nports = [9300, 9301]\n",
+    );
     let c = load(&with_file(&f), &env(&[])).expect("load");
     assert!(c.settings.security.ssl_tokens);
     assert_eq!(c.settings.security.allowed_hosts, vec!["a", "b"]);
@@ -315,9 +355,63 @@ fn bool_and_list_syntax_from_toml_strings_and_arrays() {
 
 #[test]
 fn rates_parse_first_letter_of_period() {
-    assert_eq!("120/min".parse::<Rate>(), Ok(Rate { count: 120, period_secs: 60 }));
-    assert_eq!("5/sec".parse::<Rate>(), Ok(Rate { count: 5, period_secs: 1 }));
-    assert_eq!("1000/day".parse::<Rate>(), Ok(Rate { count: 1000, period_secs: 86400 }));
+    assert_eq!(
+        "120/min".parse::<Rate>(),
+        Ok(Rate {
+            count: 120,
+            period_secs: 60
+        })
+    );
+    assert_eq!(
+        "5/sec".parse::<Rate>(),
+        Ok(Rate {
+            count: 5,
+            period_secs: 1
+        })
+    );
+    assert_eq!(
+        "1000/day".parse::<Rate>(),
+        Ok(Rate {
+            count: 1000,
+            period_secs: 86400
+        })
+    );
     assert!("x/min".parse::<Rate>().is_err());
     assert!("10".parse::<Rate>().is_err());
+}
+
+/// keystone.toml.example documents every key, and its documented values load cleanly.
+#[test]
+fn example_file_lists_every_key_and_loads() {
+    let text = include_str!("../../keystone.toml.example");
+    let mut section = String::new();
+    let mut documented = Vec::new();
+    let mut uncommented = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.trim_matches(|c| c == '[' || c == ']').to_string();
+            uncommented.push_str(&format!("{t}\n"));
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("# ")
+            && let Some((key, _)) = rest.split_once(" = ")
+            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            documented.push(format!("{section}.{key}"));
+            if !key.ends_with("_file") {
+                uncommented.push_str(rest);
+                uncommented.push('\n');
+            }
+        }
+    }
+    for key in known_keys(&Settings::default()) {
+        assert!(
+            documented.contains(&key),
+            "{key} missing from keystone.toml.example"
+        );
+    }
+    let f = file(&uncommented);
+    let c = load(&with_file(&f), &env(&[])).expect("example values load");
+    assert_eq!(c.settings.ldap.attr_map.len(), 3);
 }

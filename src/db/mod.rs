@@ -14,6 +14,21 @@ pub mod users;
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
+fn migrator(engine: Engine) -> &'static Migrator {
+    match engine {
+        Engine::Postgres => &POSTGRES_MIGRATIONS,
+        Engine::Sqlite => &SQLITE_MIGRATIONS,
+    }
+}
+
+/// The migrations compiled into this binary for a backend: (version, description).
+pub fn known_migrations(engine: Engine) -> Vec<(i64, String)> {
+    migrator(engine)
+        .iter()
+        .map(|m| (m.version, m.description.to_string()))
+        .collect()
+}
+
 /// A connection pool for the configured backend.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -165,10 +180,7 @@ impl Db {
     }
 
     fn migrator(&self) -> &'static Migrator {
-        match self {
-            Db::Postgres(_) => &POSTGRES_MIGRATIONS,
-            Db::Sqlite(_) => &SQLITE_MIGRATIONS,
-        }
+        migrator(self.engine())
     }
 
     /// `SELECT 1` must answer exactly 1.
@@ -185,8 +197,12 @@ impl Db {
 
     pub async fn schema_status(&self) -> Result<SchemaStatus, DbError> {
         let exists_sql = match self {
-            Db::Postgres(_) => "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()",
-            Db::Sqlite(_) => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            Db::Postgres(_) => {
+                "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()"
+            }
+            Db::Sqlite(_) => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            }
         };
         let exists: i64 = on_db!(self, |p| sqlx::query_scalar(exists_sql).fetch_one(p).await)?;
         let applied: Vec<(i64, bool)> = if exists > 0 {

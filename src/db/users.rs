@@ -15,9 +15,11 @@ pub struct NewUser {
 }
 
 pub async fn count(db: &Db) -> Result<i64, DbError> {
-    Ok(on_db!(db, |p| sqlx::query_scalar("SELECT COUNT(*) FROM users_user")
-        .fetch_one(p)
-        .await)?)
+    Ok(on_db!(db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users_user"
+    )
+    .fetch_one(p)
+    .await)?)
 }
 
 pub async fn username_exists(db: &Db, username: &str) -> Result<bool, DbError> {

@@ -165,8 +165,10 @@ async fn health(depot: &mut Depot, res: &mut Response) {
             } else {
                 StatusCode::INTERNAL_SERVER_ERROR
             });
-            // An empty body, as upstream: only the status speaks.
+            // An empty body, as upstream: only the status speaks. (An explicit empty body
+            // keeps the error catcher from filling in a 500 page.)
             res.headers_mut().remove(header::CONTENT_TYPE);
+            res.body(salvo::http::ResBody::Once(Default::default()));
         }
         Err(e) => e.render(res),
     }

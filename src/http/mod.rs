@@ -114,7 +114,9 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
         if let Some(domain) = p.strip_prefix('.') {
             return host == domain || host.ends_with(&p);
         }
-        host == p || host.trim_matches(|c| c == '[' || c == ']') == p.trim_matches(|c| c == '[' || c == ']')
+        host == p
+            || host.trim_matches(|c| c == '[' || c == ']')
+                == p.trim_matches(|c| c == '[' || c == ']')
     })
 }
 
@@ -135,7 +137,13 @@ fn is_secure(req: &Request) -> bool {
             .headers()
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(',').next().unwrap_or("").trim().eq_ignore_ascii_case("https"))
+            .map(|v| {
+                v.split(',')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("https")
+            })
             .unwrap_or(false)
 }
 
@@ -165,7 +173,10 @@ async fn gatekeeper(req: &mut Request, depot: &mut Depot, res: &mut Response, ct
             .to_string();
         let target = format!(
             "https://{host}{}",
-            req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
         );
         moved_permanently(res, &target);
         ctrl.skip_rest();
@@ -192,7 +203,10 @@ async fn gatekeeper(req: &mut Request, depot: &mut Depot, res: &mut Response, ct
     }
     let headers = res.headers_mut();
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     headers.insert(
         "cross-origin-opener-policy",
@@ -219,9 +233,9 @@ async fn json_errors(req: &Request, res: &mut Response, ctrl: &mut FlowCtrl) {
     let error = match status {
         StatusCode::NOT_FOUND => ApiError::NotFound,
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(req.method().to_string()),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
-            salvo::http::request::global_secure_max_size() as u64,
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge(salvo::http::request::global_secure_max_size() as u64)
+        }
         s if s.is_server_error() => ApiError::Internal,
         s => ApiError::BadRequest(s.canonical_reason().unwrap_or("Bad request").to_string()),
     };

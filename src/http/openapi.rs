@@ -56,11 +56,14 @@ pub fn document(router: &Router) -> Value {
         }
     }
     out.insert("paths".into(), Value::Object(paths));
-    let mut components = raw.get("components").cloned().unwrap_or_else(|| serde_json::json!({}));
-    if let Value::Object(c) = &mut components {
-        if !c.contains_key("schemas") {
-            c.insert("schemas".into(), serde_json::json!({}));
-        }
+    let mut components = raw
+        .get("components")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Value::Object(c) = &mut components
+        && !c.contains_key("schemas")
+    {
+        c.insert("schemas".into(), serde_json::json!({}));
     }
     out.insert("components".into(), components);
     let mut doc = Value::Object(out);
@@ -202,7 +205,9 @@ fn plain_ok(s: &str) -> bool {
     let Some(first) = s.chars().next() else {
         return false;
     };
-    if "-?:,[]{}#&*!|>'\"%@`".contains(first) && !(first == '-' && s.len() > 1 && !s.starts_with("- ") && !s.starts_with("---")) {
+    // A leading indicator character forces quoting, except a dash that starts a word.
+    let dash_word = first == '-' && s.len() > 1 && !s.starts_with("- ") && !s.starts_with("---");
+    if "-?:,[]{}#&*!|>'\"%@`".contains(first) && !dash_word {
         return false;
     }
     if first == ' ' || s.ends_with(' ') || s.ends_with(':') {

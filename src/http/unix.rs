@@ -1,8 +1,8 @@
 //! An acceptor for a Unix listening socket handed over by systemd. salvo's own
 //! `UnixListener` always binds a path itself, so an inherited socket needs this adapter.
 
-use salvo::conn::{Accepted, Acceptor, ConnCtrl, Holding, StraightStream};
 use salvo::conn::tcp::TcpCoupler;
+use salvo::conn::{Accepted, Acceptor, ConnCtrl, Holding, StraightStream};
 use salvo::fuse::ArcFusePolicy;
 use salvo::http::Version;
 use salvo::http::uri::Scheme;

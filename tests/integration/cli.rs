@@ -1,0 +1,227 @@
+//! The command line as an operator meets it: help, version, config show/check, exit codes.
+
+use crate::common::*;
+
+#[test]
+fn help_lists_the_commands() {
+    let site = Site::new(Backend::Sqlite);
+    let out = site.run(&["--help"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for cmd in [
+        "serve",
+        "migrate",
+        "quickstart",
+        "config",
+        "completions",
+        "version",
+    ] {
+        assert!(text.contains(cmd), "--help mentions {cmd}: {text}");
+    }
+    for sub in [
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["quickstart", "--help"],
+        vec!["config", "show", "--help"],
+    ] {
+        let out = site.run(&sub);
+        assert!(out.status.success(), "{sub:?}");
+        assert!(stdout(&out).contains("Usage: keystone"), "{sub:?}");
+    }
+}
+
+#[test]
+fn version_prints_only_the_version() {
+    let site = Site::new(Backend::Sqlite);
+    assert_eq!(
+        stdout(&site.run(&["version"])),
+        format!("{}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        stdout(&site.run(&["--version"])),
+        format!("keystone {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let site = Site::new(Backend::Sqlite);
+    assert_eq!(
+        site.run(&["serve", "--role", "chef"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(site.run(&["no-such-command"]).status.code(), Some(2));
+    let out = site.run(&["quickstart"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("At least one action is required. See `quickstart --help` for details.")
+    );
+    assert_eq!(
+        site.run(&["--log-level", "loud", "version"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn configuration_errors_exit_78_with_one_line_naming_key_and_source() {
+    let mut site = Site::new(Backend::Sqlite);
+    site.set("KEYSTONE_SECURITY__SESSION_AGE", "fortnight");
+    for args in [
+        vec!["serve", "--role", "web"],
+        vec!["config", "check"],
+        vec!["migrate"],
+    ] {
+        let out = site.run(&args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.contains("security.session_age"), "{err}");
+        assert!(err.contains("KEYSTONE_SECURITY__SESSION_AGE"), "{err}");
+    }
+    let site = Site::new(Backend::Sqlite);
+    site.write_config("[server]\ntimezon = \"UTC\"\n");
+    let out = site.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr(&out).contains("server.timezon"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("keystone.toml:2"), "{}", stderr(&out));
+    let mut site = Site::new(Backend::Sqlite);
+    site.set("KEYSTONE_CONFIG", "/nonexistent/keystone.toml");
+    assert_eq!(site.run(&["config", "check"]).status.code(), Some(78));
+}
+
+#[test]
+fn worker_and_beat_without_redis_are_configuration_errors() {
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    for role in ["worker", "beat"] {
+        let out = site.run(&["serve", "--role", role]);
+        assert_eq!(out.status.code(), Some(78), "{role}");
+        assert!(stderr(&out).contains("redis"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn postgres_without_a_secret_key_refuses_to_start() {
+    if !postgres_available() {
+        return;
+    }
+    let mut site = Site::new(Backend::Postgres);
+    site.migrate();
+    site.env.remove("KEYSTONE_SECURITY__SECRET_KEY");
+    let out = site.run(&["serve", "--role", "web", "--bind", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("security.secret_key"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn sqlite_generates_and_keeps_a_secret_key() {
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let d = site.serve("web", &[]);
+    let key_file = site.path("state/secret_key");
+    let first = std::fs::read_to_string(&key_file).expect("generated key");
+    assert_eq!(first.len(), 50);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    drop(d);
+    let d = site.serve("web", &[]);
+    assert_eq!(
+        std::fs::read_to_string(&key_file).expect("key"),
+        first,
+        "reused on restart"
+    );
+    drop(d);
+}
+
+#[test]
+fn config_show_reports_sources_and_hides_secrets() {
+    let mut site = Site::new(Backend::Sqlite);
+    site.write_config("[database]\nhost = \"db.example.org\"\n");
+    site.set("DB_PASSWORD", "hunter2-secret");
+    site.set("KEYSTONE_SERVER__BIND", "127.0.0.1:9999");
+    site.set("KEYSTONE_SERVR__BIND", "typo");
+    let out = site.run(&["config", "show", "--sources"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("password = \"***\"  # environment variable DB_PASSWORD (upstream name)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bind = \"127.0.0.1:9999\"  # environment variable KEYSTONE_SERVER__BIND"),
+        "{text}"
+    );
+    assert!(text.contains("host = \"db.example.org\"  # "), "{text}");
+    assert!(text.contains("keystone.toml:2"), "{text}");
+    assert!(
+        stderr(&out).contains("KEYSTONE_SERVR__BIND"),
+        "unknown variable warned: {}",
+        stderr(&out)
+    );
+    let plain = stdout(&site.run(&["config", "show"]));
+    assert!(!plain.contains("# environment"), "{plain}");
+    let parsed: Result<toml::Table, _> = toml::from_str(&plain);
+    assert!(parsed.is_ok(), "config show prints valid TOML: {plain}");
+}
+
+#[test]
+fn completions_for_each_shell() {
+    let site = Site::new(Backend::Sqlite);
+    for shell in ["bash", "zsh", "fish"] {
+        let out = site.run(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        assert!(stdout(&out).contains("keystone"), "{shell}");
+    }
+    assert_eq!(site.run(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+#[test]
+fn quickstart_creates_the_admin_once_and_serves() {
+    let site = Site::new(Backend::Sqlite);
+    let out = site.run(&["quickstart", "--migrate", "--demo-user"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Creating user `admin`... OK"), "{text}");
+    let password = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password: "))
+        .expect("password printed once")
+        .to_string();
+    assert!(password.len() >= 16);
+    assert!(!stderr(&out).contains(&password), "never logged");
+    let again = site.run(&["quickstart", "--migrate", "--demo-user"]);
+    assert!(stdout(&again).contains("User accounts already exist - skipping."));
+
+    // --all serves on the given address with the in-process worker.
+    let port = free_port();
+    let smtp = free_port();
+    let cmd = site.command(&[
+        "quickstart",
+        "--all",
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+        "--smtp-port",
+        &smtp.to_string(),
+    ]);
+    let d = Daemon::spawn(cmd, site.dir.path(), Some(port));
+    let health = d.get("/health/json/").json();
+    for check in health["data"].as_array().expect("data") {
+        assert_eq!(
+            check["healthy"], true,
+            "all checks pass in the quickstart: {check}"
+        );
+    }
+    let (status, out) = d.stop();
+    assert!(status.success(), "{out}");
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `keystone` binary against real databases, sockets and
+//! systemd's own socket activation. One test binary keeps link time down.
+
+mod common;
+
+mod cli;
+mod daemon;
+mod http_base;
+mod storage;
