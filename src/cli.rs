@@ -50,6 +50,15 @@ pub enum Command {
     Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh or fish) to stdout
     Completions(CompletionArgs),
+    /// Manage local accounts: create, set-password, list
+    #[command(subcommand)]
+    User(crate::admin::UserCommand),
+    /// Manage API keys for scripts (`Authorization: Token <key>`): create, list, revoke
+    #[command(subcommand)]
+    Token(crate::admin::TokenCommand),
+    /// Upstream name of `user create --superuser`
+    #[command(hide = true)]
+    Createsuperuser(crate::admin::CreateArgs),
     /// Print the version string
     Version,
     /// No-op kept for upgrade scripts written for upstream (there are no static files)
@@ -204,9 +213,27 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Config(cmd) => run_config(&cli, cmd),
+        Command::User(cmd) => with_config(&cli, |c| crate::admin::run_user(c, cmd)),
+        Command::Token(cmd) => with_config(&cli, |c| crate::admin::run_token(c, cmd)),
+        Command::Createsuperuser(args) => with_config(&cli, |c| {
+            let mut args = crate::admin::CreateArgs { ..args.clone() };
+            args.superuser = true;
+            crate::admin::run_user(c, &crate::admin::UserCommand::Create(args))
+        }),
         Command::Migrate(args) => run_migrate(&cli, args),
         Command::Serve(args) => run_serve(&cli, args),
         Command::Quickstart(args) => crate::quickstart::run(&cli, args),
+    }
+}
+
+/// Loads the configuration (exit 78 on error), sets up logging, runs `f`.
+fn with_config(cli: &Cli, f: impl FnOnce(&Config) -> ExitCode) -> ExitCode {
+    match load_config(cli, Vec::new()) {
+        Ok(config) => {
+            daemon::init_logging(&config, cli.log_level.as_deref());
+            f(&config)
+        }
+        Err(e) => config_exit(&e),
     }
 }
 

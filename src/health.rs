@@ -57,16 +57,26 @@ impl HealthChecker {
                 None => None,
             }
         };
-        let (smtp, database, storage, redis, celery) = tokio::join!(
+        let ldap = async {
+            let settings = &self.config.settings.ldap;
+            if crate::ldap::enabled(settings) {
+                Some(timed("LDAP", crate::ldap::health_check(settings)).await)
+            } else {
+                None
+            }
+        };
+        let (smtp, database, storage, redis, celery, ldap) = tokio::join!(
             timed("SMTP", check_smtp(&self.config)),
             timed("Database", check_database(&self.db)),
             timed("Storage", check_storage(&self.config)),
             redis,
             timed("Celery", check_workers(&self.config, &self.db)),
+            ldap,
         );
         let mut out = vec![smtp, database, storage];
         out.extend(redis);
         out.push(celery);
+        out.extend(ldap);
         out
     }
 }

@@ -1,7 +1,11 @@
 //! Keystone: the HPC allocation-management API as one systemd-native daemon with web, worker
 //! and beat roles. `main.rs` only parses the command line and hands over to `cli`.
 
+pub mod admin;
+pub mod api;
 pub mod assets;
+pub mod audit;
+pub mod auth;
 pub mod beat;
 pub mod cli;
 pub mod config;
@@ -9,8 +13,10 @@ pub mod daemon;
 pub mod db;
 pub mod health;
 pub mod http;
+pub mod ldap;
 pub mod passwords;
 pub mod quickstart;
 pub mod secret;
 pub mod serve;
+pub mod throttle;
 pub mod worker;

@@ -1,10 +1,15 @@
-//! Password hashing: argon2id, stored in Django's `argon2$argon2id$...` format so the column
-//! stays readable by upstream tooling.
+//! Passwords: hashing (argon2id, stored in Django's `argon2$argon2id$...` format so the column
+//! stays readable by upstream tooling), verification of upstream's Django PBKDF2 hashes so
+//! migrated accounts can still log in (and be rehashed), and Django's default validators.
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier};
+use base64::Engine as _;
 use rand::Rng;
+use std::collections::HashSet;
+use std::sync::LazyLock;
 
 const DJANGO_ARGON2_PREFIX: &str = "argon2";
+const DJANGO_PBKDF2_ALGORITHM: &str = "pbkdf2_sha256";
 
 /// Hashes a password with a fresh random salt.
 pub fn hash(password: &str) -> Result<String, String> {
@@ -17,14 +22,80 @@ pub fn hash(password: &str) -> Result<String, String> {
     Ok(format!("{DJANGO_ARGON2_PREFIX}{phc}"))
 }
 
-/// Checks a password against a stored argon2 hash; any other or malformed hash fails.
+/// Checks a password against a stored hash: our argon2 format or Django's
+/// `pbkdf2_sha256$<iterations>$<salt>$<base64 hash>`. Unusable passwords (`!...`), other
+/// formats and malformed hashes never verify.
 pub fn verify(password: &str, stored: &str) -> bool {
-    let Some(phc) = stored.strip_prefix(DJANGO_ARGON2_PREFIX) else {
+    if stored.starts_with('!') {
+        return false;
+    }
+    if let Some(phc) = stored.strip_prefix(DJANGO_ARGON2_PREFIX) {
+        return Argon2::default()
+            .verify_password(password.as_bytes(), phc)
+            .is_ok();
+    }
+    if stored.starts_with(DJANGO_PBKDF2_ALGORITHM) {
+        return verify_pbkdf2(password, stored);
+    }
+    false
+}
+
+/// Django's PBKDF2PasswordHasher: re-encode with the stored salt and iterations and compare
+/// the whole encoded string in constant time.
+fn verify_pbkdf2(password: &str, stored: &str) -> bool {
+    let mut parts = stored.splitn(4, '$');
+    let (Some(DJANGO_PBKDF2_ALGORITHM), Some(iterations), Some(salt), Some(expected)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
-    Argon2::default()
-        .verify_password(password.as_bytes(), phc)
-        .is_ok()
+    // Python's hashlib refuses fewer than one iteration; so do we.
+    let Ok(iterations) = iterations.parse::<u32>() else {
+        return false;
+    };
+    if iterations == 0 {
+        return false;
+    }
+    let mut derived = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(
+        password.as_bytes(),
+        salt.as_bytes(),
+        iterations,
+        &mut derived,
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(derived);
+    constant_time_eq(encoded.as_bytes(), expected.as_bytes())
+}
+
+/// Compares without an early exit, so the time taken does not reveal the matching prefix
+/// (the length is public: every Django SHA-256 hash encodes to 44 characters).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Whether a stored hash should be replaced by a fresh [`hash`] after a successful login:
+/// true for anything but argon2id with our current parameters (Django PBKDF2, argon2i,
+/// other costs, unusable or unknown values).
+pub fn needs_rehash(stored: &str) -> bool {
+    let Some(phc) = stored.strip_prefix(DJANGO_ARGON2_PREFIX) else {
+        return true;
+    };
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return true;
+    };
+    if parsed.algorithm.as_str() != "argon2id" || parsed.version != Some(0x13) {
+        return true;
+    }
+    let Ok(params) = Params::try_from(&parsed) else {
+        return true;
+    };
+    let current = Params::default();
+    (params.m_cost(), params.t_cost(), params.p_cost())
+        != (current.m_cost(), current.t_cost(), current.p_cost())
 }
 
 /// A random password of `len` letters and digits, for generated accounts.
@@ -36,9 +107,55 @@ pub fn generate(len: usize) -> String {
         .collect()
 }
 
+pub const TOO_SHORT: &str = "This password is too short. It must contain at least 8 characters.";
+pub const TOO_COMMON: &str = "This password is too common.";
+pub const ENTIRELY_NUMERIC: &str = "This password is entirely numeric.";
+
+const MIN_LENGTH: usize = 8;
+
+/// Django's common-password list (the 19,640 entries it ships), one per line.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("common-passwords.txt")
+        .lines()
+        .map(str::trim)
+        .collect()
+});
+
+/// Django's default validators (domain.md §6.1): every failing rule's message, in upstream
+/// order; empty when the password is acceptable.
+pub fn validate(password: &str) -> Vec<&'static str> {
+    let mut failures = Vec::new();
+    // Python's len() counts code points.
+    if password.chars().count() < MIN_LENGTH {
+        failures.push(TOO_SHORT);
+    }
+    if COMMON_PASSWORDS.contains(password.to_lowercase().trim()) {
+        failures.push(TOO_COMMON);
+    }
+    // Python's str.isdigit(); char::is_numeric also counts the few numeric letters and
+    // fractions (Ⅻ, ½) that isdigit() does not, so such exotic passwords are refused too.
+    if !password.is_empty() && password.chars().all(char::is_numeric) {
+        failures.push(ENTIRELY_NUMERIC);
+    }
+    failures
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Made with Python's standard library exactly as Django's PBKDF2PasswordHasher does:
+    // base64.b64encode(hashlib.pbkdf2_hmac("sha256", password, salt, iterations)).
+    const DJANGO_DEFAULT: &str =
+        "pbkdf2_sha256$1000000$Wk3dQz8RmT1yLp0aBc9XvN$yu/T4SvQcDRofMcVDwnGNrY5ZXb1UP/umBgxKHN65zE=";
+    const DJANGO_DEFAULT_PASSWORD: &str = "correct horse battery staple";
+    const DJANGO_LOW: &str =
+        "pbkdf2_sha256$1000$saltsalt1234$prB+TLNCiOPeZ6c+AoSG2HZgTLyIH80SDfjHJJyQM7g=";
+    const DJANGO_LOW_PASSWORD: &str = "Tr0ub4dour&3";
+    const DJANGO_UNICODE: &str =
+        "pbkdf2_sha256$2000$u7Qm2Ls9Kd0Pz4Rx1Wc8Ye$Qz3KcBFUWJbohtVAyORu1FbZc+fxGMiywWooYGqBBaQ=";
+    const DJANGO_EMPTY: &str =
+        "pbkdf2_sha256$1000$emptysalt$Th/GgYSDV3N4Zpkx3TpFlR/PPyCUSrZ7QQFwKxyd/oo=";
 
     #[test]
     fn hash_verifies_and_uses_django_argon2_format() {
@@ -48,6 +165,82 @@ mod tests {
         assert!(!verify("wrong horse", &h));
         assert!(!verify("correct horse", "pbkdf2_sha256$1$salt$x"));
         assert!(!verify("x", "argon2$garbage"));
+        assert!(!needs_rehash(&h));
+    }
+
+    #[test]
+    fn verifies_django_pbkdf2_at_the_default_iteration_count() {
+        assert!(verify(DJANGO_DEFAULT_PASSWORD, DJANGO_DEFAULT));
+        assert!(needs_rehash(DJANGO_DEFAULT));
+    }
+
+    #[test]
+    fn verifies_django_pbkdf2_with_low_iterations() {
+        assert!(verify(DJANGO_LOW_PASSWORD, DJANGO_LOW));
+        assert!(!verify("Tr0ub4dour&4", DJANGO_LOW));
+        assert!(!verify("", DJANGO_LOW));
+        assert!(verify("pässwörd-ünïcode", DJANGO_UNICODE));
+        assert!(!verify("passwörd-ünïcode", DJANGO_UNICODE));
+        assert!(verify("", DJANGO_EMPTY));
+        assert!(!verify(" ", DJANGO_EMPTY));
+    }
+
+    #[test]
+    fn tampered_or_malformed_pbkdf2_hashes_fail() {
+        let other_salt = DJANGO_LOW.replace("saltsalt1234", "saltsalt1235");
+        let other_count = DJANGO_LOW.replace("$1000$", "$1001$");
+        let truncated = &DJANGO_LOW[..DJANGO_LOW.len() - 1];
+        for stored in [
+            other_salt.as_str(),
+            other_count.as_str(),
+            truncated,
+            "pbkdf2_sha256$0$saltsalt1234$prB+TLNCiOPeZ6c+AoSG2HZgTLyIH80SDfjHJJyQM7g=",
+            "pbkdf2_sha256$-5$saltsalt1234$prB+TLNCiOPeZ6c+AoSG2HZgTLyIH80SDfjHJJyQM7g=",
+            "pbkdf2_sha256$x$saltsalt1234$prB+TLNCiOPeZ6c+AoSG2HZgTLyIH80SDfjHJJyQM7g=",
+            "pbkdf2_sha256$1000$saltsalt1234",
+            "pbkdf2_sha256",
+            "pbkdf2_sha1$1000$saltsalt1234$prB+TLNCiOPeZ6c+AoSG2HZgTLyIH80SDfjHJJyQM7g=",
+        ] {
+            assert!(!verify(DJANGO_LOW_PASSWORD, stored), "{stored}");
+        }
+    }
+
+    #[test]
+    fn unusable_and_unknown_formats_never_verify_and_need_rehash() {
+        for stored in [
+            "!",
+            "!yV8zJ2r3mQ1kP0xLw7TsNbVa9cDe4FgHiJkLmNoP",
+            "!pbkdf2_sha256$1000$saltsalt1234$prB+TLNCiOPeZ6c+AoSG2HZgTLyIH80SDfjHJJyQM7g=",
+            "bcrypt_sha256$$2b$12$abcdefghijklmnopqrstuv",
+            "md5$salt$0123456789abcdef0123456789abcdef",
+            "",
+        ] {
+            assert!(!verify("", stored), "{stored}");
+            assert!(!verify(DJANGO_LOW_PASSWORD, stored), "{stored}");
+            assert!(needs_rehash(stored), "{stored}");
+        }
+    }
+
+    #[test]
+    fn argon2_hashes_with_other_variants_or_costs_need_rehash() {
+        // Django's own Argon2PasswordHasher defaults (m=102400, t=2, p=8) and argon2i.
+        let argon2 = |alg, params: Params| {
+            let phc = Argon2::new(alg, argon2::Version::V0x13, params)
+                .hash_password_with_salt(b"pw", b"saltsaltsaltsalt")
+                .expect("hash")
+                .to_string();
+            format!("{DJANGO_ARGON2_PREFIX}{phc}")
+        };
+        let django_costs = Params::new(102_400, 2, 8, None).expect("params");
+        let stored = argon2(argon2::Algorithm::Argon2id, django_costs);
+        assert!(verify("pw", &stored));
+        assert!(needs_rehash(&stored));
+        let stored = argon2(argon2::Algorithm::Argon2i, Params::default());
+        assert!(needs_rehash(&stored));
+        assert!(!needs_rehash(&argon2(
+            argon2::Algorithm::Argon2id,
+            Params::default()
+        )));
     }
 
     #[test]
@@ -55,5 +248,46 @@ mod tests {
         let a = generate(20);
         assert_eq!(a.len(), 20);
         assert_ne!(a, generate(20));
+        assert!(validate(&a).is_empty());
+    }
+
+    #[test]
+    fn the_embedded_list_is_djangos() {
+        assert_eq!(COMMON_PASSWORDS.len(), 19_640);
+        for entry in ["123456", "password", "qwerty", "fallen_angel", "пароль"] {
+            assert!(COMMON_PASSWORDS.contains(entry), "{entry}");
+        }
+    }
+
+    #[test]
+    fn each_rule_alone() {
+        assert_eq!(validate("Xk2!pq7"), vec![TOO_SHORT]);
+        assert_eq!(validate("Xk2!pq7z"), Vec::<&str>::new());
+        assert_eq!(validate("superman"), vec![TOO_COMMON]);
+        assert_eq!(validate("PassWord"), vec![TOO_COMMON], "case-insensitive");
+        assert_eq!(validate("  Password1  "), vec![TOO_COMMON], "stripped");
+        assert_eq!(validate("80417692551"), vec![ENTIRELY_NUMERIC]);
+        assert_eq!(
+            validate("٣٤٥٦٧٨٩٠١"),
+            vec![ENTIRELY_NUMERIC],
+            "Arabic-Indic digits"
+        );
+        assert_eq!(validate("8041769255x"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn rules_combine_in_upstream_order() {
+        assert_eq!(validate("abc"), vec![TOO_SHORT, TOO_COMMON]);
+        assert_eq!(validate("7291"), vec![TOO_SHORT, ENTIRELY_NUMERIC]);
+        assert_eq!(
+            validate("123456"),
+            vec![TOO_SHORT, TOO_COMMON, ENTIRELY_NUMERIC]
+        );
+        assert_eq!(validate("12345678"), vec![TOO_COMMON, ENTIRELY_NUMERIC]);
+        assert_eq!(validate(""), vec![TOO_SHORT]);
+        assert_eq!(validate("ПАРОЛЬ"), vec![TOO_SHORT, TOO_COMMON]);
+        // Length counts characters, not bytes.
+        assert_eq!(validate("ünïcödé"), vec![TOO_SHORT]);
+        assert_eq!(validate("ünïcödéß"), Vec::<&str>::new());
     }
 }

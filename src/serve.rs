@@ -108,10 +108,15 @@ pub async fn serve(
         tracing::info!("{n}");
     }
     daemon::notify_status(&format!("{}: starting", role.name()));
-    if role.serves_http() {
-        secret::resolve(&config, config.settings.database.engine == Engine::Sqlite)
-            .map_err(ServeError::Config)?;
-    }
+    let secret_key = if role.serves_http() {
+        Some(
+            secret::resolve(&config, config.settings.database.engine == Engine::Sqlite)
+                .map_err(ServeError::Config)?,
+        )
+    } else {
+        None
+    };
+    crate::api::summaries::set_timezone(config.timezone());
     if role.serves_http() || role.runs_worker() {
         ensure_upload_dir(&config).map_err(ServeError::Startup)?;
     }
@@ -142,6 +147,8 @@ pub async fn serve(
             let state = Arc::new(AppState {
                 config: config.clone(),
                 db: db.clone(),
+                secret_key: secret_key.clone(),
+                throttle: crate::throttle::connect(config.redis_url()).await,
                 health: Arc::new(HealthChecker::new(config.clone(), db.clone())),
                 openapi: http::openapi::documents(&http::router()),
             });

@@ -160,7 +160,9 @@ impl Db {
                     .create_if_missing(create)
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_secs(30))
-                    .foreign_keys(true);
+                    .foreign_keys(true)
+                    // Text lookups (`contains`, `startswith`) are case-sensitive, as on PostgreSQL.
+                    .pragma("case_sensitive_like", "ON");
                 let pool = SqlitePoolOptions::new()
                     .max_connections(s.pool_size)
                     .acquire_timeout(Duration::from_secs(30))
@@ -263,5 +265,106 @@ impl Db {
     /// Connections in use and idle, for metrics and status lines.
     pub fn pool_usage(&self) -> (u32, usize) {
         on_db!(self, |p| (p.size(), p.num_idle()))
+    }
+}
+
+/// Runs a sea-query select returning one value.
+pub async fn fetch_scalar<T>(db: &Db, q: &sea_query::SelectStatement) -> Result<T, DbError>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+        + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+        + sqlx::Type<sqlx::Sqlite>,
+{
+    use sea_query_sqlx::SqlxBinder;
+    Ok(match db {
+        Db::Postgres(p) => {
+            let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
+            sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
+                .fetch_one(p)
+                .await?
+        }
+        Db::Sqlite(p) => {
+            let (sql, values) = q.build_sqlx(sea_query::SqliteQueryBuilder);
+            sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
+                .fetch_one(p)
+                .await?
+        }
+    })
+}
+
+/// Runs a sea-query select into rows of `T` (a `sqlx::FromRow` for both backends).
+pub async fn fetch_all<T>(db: &Db, q: &sea_query::SelectStatement) -> Result<Vec<T>, DbError>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    use sea_query_sqlx::SqlxBinder;
+    Ok(match db {
+        Db::Postgres(p) => {
+            let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
+            sqlx::query_as_with(sqlx::AssertSqlSafe(sql), values)
+                .fetch_all(p)
+                .await?
+        }
+        Db::Sqlite(p) => {
+            let (sql, values) = q.build_sqlx(sea_query::SqliteQueryBuilder);
+            sqlx::query_as_with(sqlx::AssertSqlSafe(sql), values)
+                .fetch_all(p)
+                .await?
+        }
+    })
+}
+
+/// A transaction on either backend.
+pub enum Tx {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+/// Like `on_db!`, for a transaction: `$conn` is a `&mut` connection of the right backend.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Postgres(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+            $crate::db::Tx::Sqlite(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+        })
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Tx::Postgres(t) => t.commit().await?,
+            Tx::Sqlite(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Tx::Postgres(_) => Engine::Postgres,
+            Tx::Sqlite(_) => Engine::Sqlite,
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! through (host check, HTTPS redirect, trailing-slash redirect, body limit, security headers),
 //! and the mapping of errors to upstream's JSON bodies.
 
-mod base;
+pub mod access;
+pub(crate) mod base;
 pub mod openapi;
 mod unix;
 
@@ -21,6 +22,9 @@ pub use unix::InheritedUnixAcceptor;
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
+    /// Signing key of session tokens.
+    pub secret_key: Option<String>,
+    pub throttle: crate::throttle::Throttle,
     pub health: Arc<HealthChecker>,
     pub openapi: openapi::Documents,
 }
@@ -32,42 +36,127 @@ pub fn state(depot: &Depot) -> Result<&Arc<AppState>, StatusError> {
         .map_err(|_| StatusError::internal_server_error())
 }
 
-/// The JSON error bodies of upstream (`{"detail": ...}`), rendered in one place.
-#[derive(Debug, Clone)]
+/// The JSON error bodies of upstream (`{"detail": ...}` or field errors), rendered in one place.
+#[derive(Debug, Clone, PartialEq)]
 pub enum ApiError {
     BadRequest(String),
-    NotFound,
+    /// 400 with field errors: `{"field": ["message", ...]}`.
+    Fields(serde_json::Map<String, serde_json::Value>),
+    /// 401 with `WWW-Authenticate: Token`.
+    Unauthorized(String),
+    Forbidden(String),
+    NotFound(String),
     MethodNotAllowed(String),
+    Conflict(String),
     PayloadTooLarge(u64),
+    UnsupportedMediaType(String),
+    Throttled(u64),
     Internal,
 }
 
+pub const NOT_AUTHENTICATED: &str = "Authentication credentials were not provided.";
+pub const NO_PERMISSION: &str = "You do not have permission to perform this action.";
+
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub fn not_authenticated() -> Self {
+        ApiError::Unauthorized(NOT_AUTHENTICATED.into())
+    }
+
+    pub fn forbidden() -> Self {
+        ApiError::Forbidden(NO_PERMISSION.into())
+    }
+
+    pub fn not_found() -> Self {
+        ApiError::NotFound("Not found.".into())
+    }
+
+    /// `No <Model> matches the given query.`
+    pub fn no_match(model: &str) -> Self {
+        ApiError::NotFound(format!("No {model} matches the given query."))
+    }
+
+    /// One field error.
+    pub fn field(name: &str, message: impl Into<String>) -> Self {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            name.to_string(),
+            serde_json::Value::Array(vec![serde_json::Value::String(message.into())]),
+        );
+        ApiError::Fields(m)
+    }
+
+    pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) | ApiError::Fields(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    fn detail(&self) -> String {
-        match self {
-            ApiError::BadRequest(m) => m.clone(),
-            ApiError::NotFound => "Not found.".into(),
+    pub fn body(&self) -> serde_json::Value {
+        let detail = match self {
+            ApiError::Fields(m) => return serde_json::Value::Object(m.clone()),
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m) => m.clone(),
             ApiError::MethodNotAllowed(m) => format!("Method \"{m}\" not allowed."),
             ApiError::PayloadTooLarge(limit) => {
                 format!("Request body too large: the limit is {limit} bytes.")
             }
+            ApiError::UnsupportedMediaType(t) => {
+                format!("Unsupported media type \"{t}\" in request.")
+            }
+            ApiError::Throttled(secs) => crate::throttle::wait_message(*secs),
             ApiError::Internal => "Internal server error.".into(),
-        }
+        };
+        serde_json::json!({ "detail": detail })
     }
 
     pub fn render(&self, res: &mut Response) {
         res.status_code(self.status());
-        res.render(Json(serde_json::json!({ "detail": self.detail() })));
+        match self {
+            ApiError::Unauthorized(_) => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Token"));
+            }
+            ApiError::Throttled(secs) => {
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    res.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            _ => {}
+        }
+        res.render(Json(self.body()));
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        tracing::error!("database error: {e}");
+        ApiError::Internal
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!("database error: {e}");
+        ApiError::Internal
+    }
+}
+
+#[async_trait]
+impl Writer for ApiError {
+    async fn write(self, _req: &mut Request, _depot: &mut Depot, res: &mut Response) {
+        self.render(res);
     }
 }
 
@@ -231,7 +320,7 @@ async fn gatekeeper(req: &mut Request, depot: &mut Depot, res: &mut Response, ct
 async fn json_errors(req: &Request, res: &mut Response, ctrl: &mut FlowCtrl) {
     let status = res.status_code.unwrap_or(StatusCode::NOT_FOUND);
     let error = match status {
-        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::NOT_FOUND => ApiError::not_found(),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(req.method().to_string()),
         StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge(salvo::http::request::global_secure_max_size() as u64)
@@ -250,7 +339,7 @@ async fn json_errors(req: &Request, res: &mut Response, ctrl: &mut FlowCtrl) {
 
 /// All routes. Kept free of state so the OpenAPI document can be generated from it alone.
 pub fn router() -> Router {
-    base::routes()
+    base::routes().push(crate::api::routes())
 }
 
 /// The service: routes, middleware and error bodies around the given state.
@@ -262,6 +351,7 @@ pub fn service(state: Arc<AppState>) -> Service {
     Service::new(router())
         .hoop(InjectState(state))
         .hoop(gatekeeper)
+        .hoop(access::authenticate)
         .catcher(Catcher::default().hoop(json_errors))
 }
 

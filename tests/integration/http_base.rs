@@ -240,7 +240,12 @@ fn openapi_documents_in_json_and_yaml() {
         "{}",
         &text[..80.min(text.len())]
     );
-    assert!(text.contains("\npaths:\n  /health/:\n"), "plain path keys");
+    assert!(text.contains("\npaths:\n  /"), "paths block");
+    assert!(text.contains("\n  /health/:\n"), "plain path keys");
+    assert!(
+        text.contains("\n  /users/users/{id}/:\n"),
+        "templated path keys stay plain"
+    );
     let keys: Vec<&str> = text
         .lines()
         .filter(|l| !l.starts_with(' ') && !l.starts_with('-'))

@@ -3,7 +3,9 @@
 
 mod common;
 
+mod accounts;
 mod cli;
 mod daemon;
 mod http_base;
+mod ldap;
 mod storage;

@@ -442,3 +442,57 @@ pub fn socket_activate_available() -> bool {
     }
     ok
 }
+
+impl Site {
+    /// Runs SQL statements on this site's database (test set-up only).
+    pub fn sql(&self, statements: &str) {
+        let statements = statements.to_string();
+        let target = match self.backend {
+            Backend::Sqlite => format!("sqlite://{}", self.path("state/keystone.db").display()),
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b.to_string())
+                    .unwrap_or(admin);
+                format!("{base}/{}", self.pg_database.clone().unwrap_or_default())
+            }
+        };
+        let result = std::thread::spawn(move || {
+            rt().block_on(async move {
+                use sqlx::Connection;
+                if target.starts_with("sqlite:") {
+                    let mut c = sqlx::SqliteConnection::connect(&target).await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
+                        .execute(&mut c)
+                        .await?;
+                } else {
+                    let mut c = sqlx::PgConnection::connect(&target).await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
+                        .execute(&mut c)
+                        .await?;
+                }
+                Ok::<(), sqlx::Error>(())
+            })
+        })
+        .join()
+        .expect("sql thread");
+        result.expect("test SQL");
+    }
+
+    /// Runs `keystone` with `input` on standard input.
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keystone");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        child.wait_with_output().expect("keystone output")
+    }
+}

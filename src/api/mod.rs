@@ -1,0 +1,230 @@
+//! The resource API: who is calling, request bodies, and one module per resource family.
+//! Shared list machinery (filters, search, ordering, pagination) lives in `list`.
+
+pub mod authentication;
+pub mod body;
+pub mod choices;
+pub mod fields;
+pub mod list;
+pub mod memberships;
+pub mod summaries;
+pub mod teams;
+pub mod users;
+
+use crate::auth::SessionClaims;
+use crate::db::users::User;
+use crate::http::{ApiError, AppState};
+use salvo::prelude::*;
+use std::sync::Arc;
+
+/// How the caller authenticated.
+#[derive(Debug, Clone)]
+pub enum Via {
+    Session(SessionClaims),
+    Token,
+}
+
+/// The authenticated user of a request, if any (set by the authentication middleware).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub user: Option<User>,
+    pub via: Option<Via>,
+}
+
+impl Caller {
+    pub fn is_staff(&self) -> bool {
+        self.user.as_ref().map(|u| u.is_staff).unwrap_or(false)
+    }
+
+    pub fn id(&self) -> Option<i64> {
+        self.user.as_ref().map(|u| u.id)
+    }
+
+    /// The user, or 401.
+    pub fn require(&self) -> Result<&User, ApiError> {
+        self.user.as_ref().ok_or_else(ApiError::not_authenticated)
+    }
+}
+
+/// State and caller of the current request.
+pub fn context(depot: &Depot) -> Result<(Arc<AppState>, Caller), ApiError> {
+    let app = crate::http::state(depot)
+        .map_err(|_| ApiError::Internal)?
+        .clone();
+    let caller = depot.get_typed::<Caller>().cloned().unwrap_or_default();
+    Ok((app, caller))
+}
+
+/// Parses the `{id}` path parameter: anything but a non-negative integer is a plain 404.
+pub fn path_id(req: &Request) -> Result<i64, ApiError> {
+    req.param::<String>("id")
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|id| *id >= 0)
+        .ok_or_else(ApiError::not_found)
+}
+
+/// `scheme://host` as the client addressed this server, for absolute links.
+pub fn base_url(req: &Request) -> String {
+    let forwarded_https = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().eq_ignore_ascii_case("https"))
+        .unwrap_or(false);
+    let scheme = if forwarded_https || req.uri().scheme_str() == Some("https") {
+        "https"
+    } else {
+        "http"
+    };
+    let host = req
+        .headers()
+        .get(salvo::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+/// Renders a result as JSON with a status, or the error.
+pub fn respond<T: serde::Serialize + Send>(
+    res: &mut Response,
+    status: salvo::http::StatusCode,
+    result: Result<T, ApiError>,
+) {
+    match result {
+        Ok(v) => {
+            res.status_code(status);
+            res.render(Json(v));
+        }
+        Err(e) => e.render(res),
+    }
+}
+
+use crate::http::base::Metadata;
+
+const JSON: &[&str] = &["application/json"];
+
+fn meta(name: &'static str, description: &'static str) -> Metadata {
+    Metadata {
+        name,
+        description,
+        renders: JSON,
+    }
+}
+
+macro_rules! collection {
+    ($path:expr, $list:expr, $create:expr, $name:expr) => {
+        Router::with_path($path)
+            .get($list)
+            .head($list)
+            .post($create)
+            .options(meta($name, ""))
+    };
+}
+
+macro_rules! item {
+    ($path:expr, $get:expr, $put:expr, $patch:expr, $delete:expr, $name:expr) => {
+        Router::with_path($path)
+            .get($get)
+            .head($get)
+            .put($put)
+            .patch($patch)
+            .delete($delete)
+            .options(meta($name, ""))
+    };
+}
+
+macro_rules! read_only {
+    ($path:expr, $get:expr, $name:expr) => {
+        Router::with_path($path)
+            .get($get)
+            .head($get)
+            .options(meta($name, ""))
+    };
+}
+
+/// Every resource route, with upstream's exact paths.
+pub fn routes() -> Router {
+    Router::new()
+        .push(
+            Router::with_path("authentication/login/")
+                .post(authentication::login)
+                .options(meta("Login", "")),
+        )
+        .push(
+            Router::with_path("authentication/logout/")
+                .post(authentication::logout)
+                .options(meta("Logout", "")),
+        )
+        .push(read_only!(
+            "authentication/whoami/",
+            authentication::whoami,
+            "Who Am I"
+        ))
+        .push(collection!(
+            "users/users/",
+            users::list,
+            users::create,
+            "User List"
+        ))
+        .push(item!(
+            "users/users/{id}/",
+            users::retrieve,
+            users::put,
+            users::patch,
+            users::destroy,
+            "User Instance"
+        ))
+        .push(collection!(
+            "users/teams/",
+            teams::list,
+            teams::create,
+            "Team List"
+        ))
+        .push(item!(
+            "users/teams/{id}/",
+            teams::retrieve,
+            teams::put,
+            teams::patch,
+            teams::destroy,
+            "Team Instance"
+        ))
+        .push(collection!(
+            "users/memberships/",
+            memberships::list,
+            memberships::create,
+            "Membership List"
+        ))
+        .push(item!(
+            "users/memberships/{id}/",
+            memberships::retrieve,
+            memberships::put,
+            memberships::patch,
+            memberships::destroy,
+            "Membership Instance"
+        ))
+        .push(read_only!(
+            "users/membership-choices/role/",
+            choices::membership_role,
+            "Membership Role Choices"
+        ))
+        .push(read_only!(
+            "allocations/request-choices/status/",
+            choices::request_status,
+            "Allocation Request Status Choices"
+        ))
+        .push(read_only!(
+            "allocations/review-choices/status/",
+            choices::review_status,
+            "Allocation Review Status Choices"
+        ))
+        .push(read_only!(
+            "allocations/cluster-choices/access-mode/",
+            choices::cluster_access_mode,
+            "Cluster Access Mode Choices"
+        ))
+        .push(read_only!(
+            "notifications/notification-choices/type/",
+            choices::notification_type,
+            "Notification Type Choices"
+        ))
+}

@@ -1,0 +1,279 @@
+//! Authentication, CSRF and the anonymous-access policy, in upstream's order (domain.md §1.3,
+//! §5.1): token first, then the session cookie; CSRF for session-authenticated unsafe
+//! requests; 401 for anonymous callers of protected paths whatever the method; then throttling.
+
+use super::{ApiError, state};
+use crate::api::{Caller, Via};
+use crate::auth;
+use crate::db::users;
+use salvo::http::{Method, header};
+use salvo::prelude::*;
+
+pub const SESSION_COOKIE: &str = "sessionid";
+pub const CSRF_COOKIE: &str = "csrftoken";
+
+/// Path prefixes that need an authenticated caller for every method (DRF views with
+/// `IsAuthenticated`). Everything else is public or not an API view.
+const PROTECTED: [&str; 10] = [
+    "/users/",
+    "/allocations/",
+    "/research/",
+    "/notifications/",
+    "/stats/",
+    "/batch/",
+    "/logs/",
+    "/config/",
+    "/authentication/logout/",
+    "/authentication/whoami/",
+];
+
+/// Paths that are DRF views (throttled); the site root and unknown paths are not.
+fn throttled(path: &str) -> bool {
+    path != "/"
+        && (PROTECTED.iter().any(|p| path.starts_with(p))
+            || path.starts_with("/health/")
+            || path.starts_with("/openapi/")
+            || path == "/version/"
+            || path == "/authentication/login/")
+}
+
+pub fn is_protected(path: &str) -> bool {
+    PROTECTED.iter().any(|p| path.starts_with(p))
+}
+
+fn unsafe_method(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Token authentication: `Some(Ok(user))`, `Some(Err(401))`, or `None` when no token header.
+async fn token_user(req: &Request, db: &crate::db::Db) -> Option<Result<users::User, ApiError>> {
+    let value = header_str(req, header::AUTHORIZATION.as_str())?;
+    let mut parts = value.split(' ').filter(|p| !p.is_empty());
+    let keyword = parts.next()?;
+    if !keyword.eq_ignore_ascii_case("token") {
+        return None;
+    }
+    let rest: Vec<&str> = parts.collect();
+    let key = match rest.as_slice() {
+        [] => {
+            return Some(Err(ApiError::Unauthorized(
+                "Invalid token header. No credentials provided.".into(),
+            )));
+        }
+        [key] => *key,
+        _ => {
+            return Some(Err(ApiError::Unauthorized(
+                "Invalid token header. Token string should not contain spaces.".into(),
+            )));
+        }
+    };
+    match users::by_api_key_hash(db, &auth::hash_api_key(key)).await {
+        Ok(Some(user)) if user.is_active => Some(Ok(user)),
+        Ok(Some(_)) => Some(Err(ApiError::Unauthorized(
+            "User inactive or deleted.".into(),
+        ))),
+        Ok(None) => Some(Err(ApiError::Unauthorized("Invalid token.".into()))),
+        Err(e) => Some(Err(e.into())),
+    }
+}
+
+/// Session authentication; any problem (bad signature, expired, revoked, password changed,
+/// inactive or deleted user) makes the caller anonymous.
+async fn session_user(
+    req: &Request,
+    app: &super::AppState,
+    secret: &str,
+) -> Result<Option<(users::User, auth::SessionClaims)>, ApiError> {
+    let Some(cookie) = req.cookie(SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let Some(claims) = auth::decode_session(secret, cookie.value()) else {
+        return Ok(None);
+    };
+    if users::session_revoked(&app.db, &claims.jti).await? {
+        return Ok(None);
+    }
+    let Some(user) = users::by_id(&app.db, claims.sub).await? else {
+        return Ok(None);
+    };
+    if !user.is_active || auth::password_fingerprint(&user.password) != claims.pwd {
+        return Ok(None);
+    }
+    Ok(Some((user, claims)))
+}
+
+#[handler]
+pub async fn authenticate(
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+    ctrl: &mut FlowCtrl,
+) {
+    let Ok(app) = state(depot).cloned() else {
+        ApiError::Internal.render(res);
+        ctrl.skip_rest();
+        return;
+    };
+    depot.insert_typed(Cid(correlation_id(req)));
+    let outcome = identify(req, &app).await;
+    let caller = match outcome {
+        Ok(c) => c,
+        Err(e) => {
+            e.render(res);
+            ctrl.skip_rest();
+            return;
+        }
+    };
+    let path = req.uri().path().to_string();
+    if caller.user.is_none() && is_protected(&path) {
+        ApiError::not_authenticated().render(res);
+        ctrl.skip_rest();
+        return;
+    }
+    if throttled(&path)
+        && let Err(wait) = check_throttle(req, &app, &caller).await
+    {
+        ApiError::Throttled(wait).render(res);
+        ctrl.skip_rest();
+        return;
+    }
+    depot.insert_typed(caller);
+    ctrl.call_next(req, depot, res).await;
+}
+
+async fn identify(req: &Request, app: &super::AppState) -> Result<Caller, ApiError> {
+    if let Some(result) = token_user(req, &app.db).await {
+        return Ok(Caller {
+            user: Some(result?),
+            via: Some(Via::Token),
+        });
+    }
+    let Some(secret) = app.secret_key.as_deref() else {
+        return Ok(Caller::default());
+    };
+    let Some((user, claims)) = session_user(req, app, secret).await? else {
+        return Ok(Caller::default());
+    };
+    if unsafe_method(req.method()) {
+        let s = &app.config.settings;
+        let own_origin = crate::api::base_url(req);
+        let check = auth::CsrfRequest {
+            secure: own_origin.starts_with("https://"),
+            own_origin,
+            origin: header_str(req, "origin"),
+            referer: header_str(req, "referer"),
+            cookie: req.cookie(CSRF_COOKIE).map(|c| c.value()),
+            header: header_str(req, "x-csrftoken"),
+            trusted_origins: &s.security.allowed_origins,
+        };
+        if let Err(failure) = auth::check_csrf(&check) {
+            return Err(ApiError::Forbidden(failure.detail()));
+        }
+    }
+    Ok(Caller {
+        user: Some(user),
+        via: Some(Via::Session(claims)),
+    })
+}
+
+/// Anonymous callers count against both the anon and the user rate (keyed by client
+/// identity); authenticated ones against the user rate keyed by user id.
+async fn check_throttle(req: &Request, app: &super::AppState, caller: &Caller) -> Result<(), u64> {
+    let s = &app.config.settings;
+    let (Ok(anon), Ok(user)) = (
+        s.throttle.anon.parse::<crate::config::Rate>(),
+        s.throttle.user.parse::<crate::config::Rate>(),
+    ) else {
+        return Ok(());
+    };
+    match caller.id() {
+        Some(id) => app
+            .throttle
+            .check("user", &id.to_string(), user)
+            .await
+            .map_err(|w| w.seconds),
+        None => {
+            let peer = req.remote_addr().to_string();
+            let peer = peer
+                .strip_prefix("socket://")
+                .unwrap_or(&peer)
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())
+                .unwrap_or(peer.clone());
+            let ident = crate::throttle::client_identity(
+                header_str(req, "x-forwarded-for"),
+                Some(peer.as_str()),
+            );
+            let a = app.throttle.check("anon", &ident, anon).await;
+            let u = app.throttle.check("user", &ident, user).await;
+            match (a, u) {
+                (Ok(()), Ok(())) => Ok(()),
+                (a, u) => Err(a
+                    .err()
+                    .map(|w| w.seconds)
+                    .max(u.err().map(|w| w.seconds))
+                    .unwrap_or(1)),
+            }
+        }
+    }
+}
+
+/// The correlation id of a request (`X-KEYSTONE-CID` when it is a UUID of at most 36
+/// characters, kept verbatim; otherwise a generated one), decided before handling.
+#[derive(Debug, Clone)]
+pub struct Cid(pub String);
+
+pub fn correlation_id(req: &Request) -> String {
+    header_str(req, "x-keystone-cid")
+        .filter(|v| v.len() <= 36 && uuid::Uuid::parse_str(v).is_ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Who and where, for audit entries written while handling this request.
+pub fn audit_context(req: &Request, depot: &Depot) -> crate::audit::AuditContext {
+    let caller = depot.get_typed::<Caller>().cloned().unwrap_or_default();
+    let cid = depot
+        .get_typed::<Cid>()
+        .ok()
+        .map(|c| c.0.clone())
+        .unwrap_or_else(|| correlation_id(req));
+    let forwarded = header_str(req, "x-forwarded-for")
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let remote = forwarded.or_else(|| {
+        let peer = req.remote_addr().to_string();
+        Some(peer.strip_prefix("socket://").unwrap_or(&peer).to_string())
+    });
+    let remote_addr = remote
+        .and_then(|r| strip_port(&r))
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+    let remote_port =
+        header_str(req, "x-forwarded-port").and_then(|p| p.trim().parse::<i32>().ok());
+    crate::audit::AuditContext {
+        actor: caller.id(),
+        actor_email: caller.user.as_ref().and_then(|u| u.email.clone()),
+        cid: Some(cid),
+        remote_addr,
+        remote_port,
+    }
+}
+
+/// `1.2.3.4:5` → `1.2.3.4`, `[::1]:5` → `::1`, a bare address unchanged.
+fn strip_port(addr: &str) -> Option<String> {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().map(str::to_string);
+    }
+    if addr.parse::<std::net::IpAddr>().is_ok() {
+        return Some(addr.to_string());
+    }
+    addr.rsplit_once(':').map(|(h, _)| h.to_string())
+}
