@@ -669,3 +669,69 @@ mod tests {
         assert!(parse_datetime("yesterday", tz).is_none());
     }
 }
+
+/// A page being served: what `envelope` needs besides the results.
+pub struct Page {
+    pub count: i64,
+    query: ListQuery,
+    params: Vec<(String, String)>,
+    base_url: String,
+    path: String,
+}
+
+impl Page {
+    pub fn envelope(&self, results: Vec<Json>) -> Json {
+        envelope(
+            &self.base_url,
+            &self.path,
+            &self.params,
+            &self.query,
+            self.count,
+            results,
+        )
+    }
+}
+
+/// Runs a collection request: parses the query, applies the caller's `scope` to the count
+/// and the page, and returns the page's rows (two queries).
+pub async fn page<R>(
+    req: &salvo::Request,
+    db: &crate::db::Db,
+    tz: chrono_tz::Tz,
+    spec: &ListSpec,
+    columns: &[&str],
+    scope: &(dyn Fn(&mut SelectStatement) + Send + Sync),
+) -> Result<(Vec<R>, Page), ApiError>
+where
+    R: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    let params = query_pairs(req);
+    let query = parse(&params, spec, db.engine(), tz)?;
+    query.check_foreign_keys(db).await?;
+    let mut count_q = sea_query::Query::select();
+    count_q
+        .expr(Expr::cust("COUNT(*)"))
+        .from(sea_query::Alias::new(spec.table))
+        .cond_where(query.condition.clone());
+    scope(&mut count_q);
+    let count: i64 = crate::db::fetch_scalar(db, &count_q).await?;
+    let mut page_q = sea_query::Query::select();
+    page_q
+        .columns(columns.iter().map(|c| sea_query::Alias::new(*c)))
+        .from(sea_query::Alias::new(spec.table))
+        .cond_where(query.condition.clone());
+    scope(&mut page_q);
+    query.apply_page(&mut page_q);
+    let rows: Vec<R> = crate::db::fetch_all(db, &page_q).await?;
+    let page = Page {
+        count,
+        query,
+        params,
+        base_url: crate::api::base_url(req),
+        path: req.uri().path().to_string(),
+    };
+    Ok((rows, page))
+}

@@ -12,7 +12,7 @@ use crate::{on_db, on_tx};
 use salvo::http::{Method, StatusCode};
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-use sea_query::{Alias, Expr, Query};
+use sea_query::Expr;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -58,13 +58,6 @@ pub struct MembershipPage {
     pub next: Option<String>,
     pub previous: Option<String>,
     pub results: Vec<MembershipDoc>,
-}
-
-fn select() -> sea_query::SelectStatement {
-    let mut q = Query::select();
-    q.columns(["id", "role", "user_id", "team_id"].map(Alias::new))
-        .from(Alias::new("users_membership"));
-    q
 }
 
 /// Non-staff see every membership whose team and user are both active.
@@ -118,30 +111,17 @@ async fn represent_one(db: &Db, m: &MembershipRow) -> Result<Value, ApiError> {
 pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let params = listing::query_pairs(req);
-        let q = listing::parse(&params, &SPEC, app.db.engine(), app.config.timezone())?;
-        q.check_foreign_keys(&app.db).await?;
-        let mut count_q = Query::select();
-        count_q
-            .expr(Expr::cust("COUNT(*)"))
-            .from(Alias::new(SPEC.table))
-            .cond_where(q.condition.clone());
-        scope(&mut count_q, &caller);
-        let count: i64 = crate::db::fetch_scalar(&app.db, &count_q).await?;
-        let mut page_q = select();
-        page_q.cond_where(q.condition.clone());
-        scope(&mut page_q, &caller);
-        q.apply_page(&mut page_q);
-        let rows: Vec<MembershipRow> = crate::db::fetch_all(&app.db, &page_q).await?;
-        let results = represent(&app.db, &rows).await?;
-        Ok(listing::envelope(
-            &super::base_url(req),
-            req.uri().path(),
-            &params,
-            &q,
-            count,
-            results,
-        ))
+        let scope = |q: &mut sea_query::SelectStatement| scope(q, &caller);
+        let (rows, page) = listing::page::<MembershipRow>(
+            req,
+            &app.db,
+            app.config.timezone(),
+            &SPEC,
+            &["id", "role", "user_id", "team_id"],
+            &scope,
+        )
+        .await?;
+        Ok(page.envelope(represent(&app.db, &rows).await?))
     }
     .await;
     super::respond(res, StatusCode::OK, result);

@@ -1,12 +1,17 @@
 //! The resource API: who is calling, request bodies, and one module per resource family.
 //! Shared list machinery (filters, search, ordering, pagination) lives in `list`.
 
+pub mod allocations;
 pub mod authentication;
+pub mod batch;
 pub mod body;
 pub mod choices;
 pub mod fields;
 pub mod list;
 pub mod memberships;
+pub mod notifications;
+pub mod research;
+pub mod stats;
 pub mod summaries;
 pub mod teams;
 pub mod users;
@@ -103,7 +108,7 @@ use crate::http::base::Metadata;
 
 const JSON: &[&str] = &["application/json"];
 
-fn meta(name: &'static str, description: &'static str) -> Metadata {
+pub(crate) fn meta(name: &'static str, description: &'static str) -> Metadata {
     Metadata {
         name,
         description,
@@ -113,34 +118,38 @@ fn meta(name: &'static str, description: &'static str) -> Metadata {
 
 macro_rules! collection {
     ($path:expr, $list:expr, $create:expr, $name:expr) => {
-        Router::with_path($path)
+        salvo::Router::with_path($path)
             .get($list)
             .head($list)
             .post($create)
-            .options(meta($name, ""))
+            .options($crate::api::meta($name, ""))
     };
 }
 
 macro_rules! item {
     ($path:expr, $get:expr, $put:expr, $patch:expr, $delete:expr, $name:expr) => {
-        Router::with_path($path)
+        salvo::Router::with_path($path)
             .get($get)
             .head($get)
             .put($put)
             .patch($patch)
             .delete($delete)
-            .options(meta($name, ""))
+            .options($crate::api::meta($name, ""))
     };
 }
 
 macro_rules! read_only {
     ($path:expr, $get:expr, $name:expr) => {
-        Router::with_path($path)
+        salvo::Router::with_path($path)
             .get($get)
             .head($get)
-            .options(meta($name, ""))
+            .options($crate::api::meta($name, ""))
     };
 }
+
+// Route shapes shared by every resource family.
+#[allow(unused_imports)]
+pub(crate) use {collection, item, read_only};
 
 /// Every resource route, with upstream's exact paths.
 pub fn routes() -> Router {
@@ -227,4 +236,9 @@ pub fn routes() -> Router {
             choices::notification_type,
             "Notification Type Choices"
         ))
+        .push(allocations::routes())
+        .push(research::routes())
+        .push(notifications::routes())
+        .push(stats::routes())
+        .push(batch::routes())
 }

@@ -88,13 +88,6 @@ pub fn slugify(name: &str) -> String {
     out.trim_matches(|c| c == '-' || c == '_').to_string()
 }
 
-fn select_teams() -> sea_query::SelectStatement {
-    let mut q = Query::select();
-    q.columns(["id", "name", "slug", "is_active"].map(Alias::new))
-        .from(Alias::new("users_team"));
-    q
-}
-
 /// List visibility: staff see every team; others the active teams they belong to.
 fn list_scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
@@ -163,30 +156,17 @@ async fn represent_one(db: &Db, t: &TeamRow) -> Result<Value, ApiError> {
 pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let params = listing::query_pairs(req);
-        let q = listing::parse(&params, &SPEC, app.db.engine(), app.config.timezone())?;
-        q.check_foreign_keys(&app.db).await?;
-        let mut count_q = Query::select();
-        count_q
-            .expr(Expr::cust("COUNT(*)"))
-            .from(Alias::new(SPEC.table))
-            .cond_where(q.condition.clone());
-        list_scope(&mut count_q, &caller);
-        let count: i64 = crate::db::fetch_scalar(&app.db, &count_q).await?;
-        let mut page_q = select_teams();
-        page_q.cond_where(q.condition.clone());
-        list_scope(&mut page_q, &caller);
-        q.apply_page(&mut page_q);
-        let teams: Vec<TeamRow> = crate::db::fetch_all(&app.db, &page_q).await?;
-        let results = represent(&app.db, &teams).await?;
-        Ok(listing::envelope(
-            &super::base_url(req),
-            req.uri().path(),
-            &params,
-            &q,
-            count,
-            results,
-        ))
+        let scope = |q: &mut sea_query::SelectStatement| list_scope(q, &caller);
+        let (rows, page) = listing::page::<TeamRow>(
+            req,
+            &app.db,
+            app.config.timezone(),
+            &SPEC,
+            &["id", "name", "slug", "is_active"],
+            &scope,
+        )
+        .await?;
+        Ok(page.envelope(represent(&app.db, &rows).await?))
     }
     .await;
     super::respond(res, StatusCode::OK, result);

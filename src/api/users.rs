@@ -190,13 +190,6 @@ pub async fn represent_one(db: &Db, user: &User) -> Result<Value, ApiError> {
         .unwrap_or(Value::Null))
 }
 
-fn select_users() -> sea_query::SelectStatement {
-    let mut q = Query::select();
-    q.columns(USER_COLUMNS.split(", ").map(Alias::new))
-        .from(Alias::new("users_user"));
-    q
-}
-
 /// Visibility: non-staff callers see active accounts only.
 fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
@@ -215,30 +208,17 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
 pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let params = listing::query_pairs(req);
-        let q = listing::parse(&params, &SPEC, app.db.engine(), app.config.timezone())?;
-        q.check_foreign_keys(&app.db).await?;
-        let mut count_q = Query::select();
-        count_q
-            .expr(Expr::cust("COUNT(*)"))
-            .from(Alias::new(SPEC.table))
-            .cond_where(q.condition.clone());
-        scope(&mut count_q, &caller);
-        let count: i64 = crate::db::fetch_scalar(&app.db, &count_q).await?;
-        let mut page_q = select_users();
-        page_q.cond_where(q.condition.clone());
-        scope(&mut page_q, &caller);
-        q.apply_page(&mut page_q);
-        let users: Vec<User> = crate::db::fetch_all(&app.db, &page_q).await?;
-        let results = represent(&app.db, &users).await?;
-        Ok(listing::envelope(
-            &super::base_url(req),
-            req.uri().path(),
-            &params,
-            &q,
-            count,
-            results,
-        ))
+        let scope = |q: &mut sea_query::SelectStatement| scope(q, &caller);
+        let (rows, page) = listing::page::<User>(
+            req,
+            &app.db,
+            app.config.timezone(),
+            &SPEC,
+            &USER_COLUMNS.split(", ").collect::<Vec<_>>(),
+            &scope,
+        )
+        .await?;
+        Ok(page.envelope(represent(&app.db, &rows).await?))
     }
     .await;
     super::respond(res, StatusCode::OK, result);
