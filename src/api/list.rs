@@ -645,31 +645,6 @@ pub fn query_pairs(req: &salvo::Request) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn search_terms_split_on_space_and_comma_and_keep_quoted_phrases() {
-        assert_eq!(search_terms("a b,c"), vec!["a", "b", "c"]);
-        assert_eq!(search_terms("\"big team\" x"), vec!["big team", "x"]);
-        assert_eq!(search_terms("'o ne',,"), vec!["o ne"]);
-        assert!(search_terms("  , ").is_empty());
-    }
-
-    #[test]
-    fn datetimes_accept_iso_and_bare_dates() {
-        let tz = chrono_tz::UTC;
-        assert!(parse_datetime("2026-01-02T03:04:05Z", tz).is_some());
-        assert!(parse_datetime("2026-01-02T03:04:05.123456+02:00", tz).is_some());
-        assert_eq!(
-            parse_datetime("2026-01-02", tz).map(|d| d.to_rfc3339()),
-            Some("2026-01-02T00:00:00+00:00".into())
-        );
-        assert!(parse_datetime("yesterday", tz).is_none());
-    }
-}
-
 /// A page being served: what `envelope` needs besides the results.
 pub struct Page {
     pub count: i64,
@@ -734,4 +709,29 @@ where
         path: req.uri().path().to_string(),
     };
     Ok((rows, page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_terms_split_on_space_and_comma_and_keep_quoted_phrases() {
+        assert_eq!(search_terms("a b,c"), vec!["a", "b", "c"]);
+        assert_eq!(search_terms("\"big team\" x"), vec!["big team", "x"]);
+        assert_eq!(search_terms("'o ne',,"), vec!["o ne"]);
+        assert!(search_terms("  , ").is_empty());
+    }
+
+    #[test]
+    fn datetimes_accept_iso_and_bare_dates() {
+        let tz = chrono_tz::UTC;
+        assert!(parse_datetime("2026-01-02T03:04:05Z", tz).is_some());
+        assert!(parse_datetime("2026-01-02T03:04:05.123456+02:00", tz).is_some());
+        assert_eq!(
+            parse_datetime("2026-01-02", tz).map(|d| d.to_rfc3339()),
+            Some("2026-01-02T00:00:00+00:00".into())
+        );
+        assert!(parse_datetime("yesterday", tz).is_none());
+    }
 }
