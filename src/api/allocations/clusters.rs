@@ -1,0 +1,8 @@
+//! Not yet implemented.
+
+use salvo::prelude::*;
+
+/// The routes of this resource.
+pub fn routes() -> Router {
+    Router::new()
+}
