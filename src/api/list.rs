@@ -319,6 +319,17 @@ pub fn parse(
     engine: Engine,
     tz: chrono_tz::Tz,
 ) -> Result<ListQuery, ApiError> {
+    parse_ordered(params, spec, engine, tz, &[])
+}
+
+/// `parse` with a default order other than ascending id (e.g. newest first for logs).
+pub fn parse_ordered(
+    params: &[(String, String)],
+    spec: &ListSpec,
+    engine: Engine,
+    tz: chrono_tz::Tz,
+    default_order: &[(&str, bool)],
+) -> Result<ListQuery, ApiError> {
     let mut errors = Map::new();
     let mut limit = DEFAULT_LIMIT;
     let mut offset = 0;
@@ -508,6 +519,9 @@ pub fn parse(
         return Err(ApiError::Fields(errors));
     }
     if order.is_empty() {
+        order.extend(default_order.iter().map(|(c, d)| (c.to_string(), *d)));
+    }
+    if order.is_empty() {
         order.push(("id".to_string(), false));
     } else if !order.iter().any(|(c, _)| c == "id") {
         // Ties are broken by id so pages never overlap.
@@ -532,8 +546,10 @@ fn value_i64(v: &Value) -> Option<i64> {
 
 /// `lower(column) LIKE pattern`, through nested `IN (SELECT id ...)` for related fields.
 fn search_condition(field: &SearchField, pattern: &str) -> Expr {
-    let mut expr = Expr::expr(Func::lower(column_expr(field.column)))
-        .like(LikeExpr::new(pattern.to_string()).escape('\\'));
+    // Non-text columns (status codes, ids) are searched through their text form.
+    let text = Func::cast_as(column_expr(field.column), sea_query::Alias::new("TEXT"));
+    let mut expr =
+        Expr::expr(Func::lower(text)).like(LikeExpr::new(pattern.to_string()).escape('\\'));
     for (fk, table) in field.hops.iter().rev() {
         let mut sub = sea_query::Query::select();
         sub.column(sea_query::Alias::new("id"))
@@ -683,8 +699,27 @@ where
         + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
         + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
 {
+    page_ordered(req, db, tz, spec, columns, scope, &[]).await
+}
+
+/// `page` with a default order other than ascending id.
+pub async fn page_ordered<R>(
+    req: &salvo::Request,
+    db: &crate::db::Db,
+    tz: chrono_tz::Tz,
+    spec: &ListSpec,
+    columns: &[&str],
+    scope: &(dyn Fn(&mut SelectStatement) + Send + Sync),
+    default_order: &[(&str, bool)],
+) -> Result<(Vec<R>, Page), ApiError>
+where
+    R: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
     let params = query_pairs(req);
-    let query = parse(&params, spec, db.engine(), tz)?;
+    let query = parse_ordered(&params, spec, db.engine(), tz, default_order)?;
     query.check_foreign_keys(db).await?;
     let mut count_q = sea_query::Query::select();
     count_q

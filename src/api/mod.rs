@@ -6,8 +6,10 @@ pub mod authentication;
 pub mod batch;
 pub mod body;
 pub mod choices;
+pub mod client_config;
 pub mod fields;
 pub mod list;
+pub mod logs;
 pub mod memberships;
 pub mod notifications;
 pub mod research;
@@ -236,6 +238,8 @@ pub fn routes() -> Router {
             choices::notification_type,
             "Notification Type Choices"
         ))
+        .push(read_only!("config/", client_config::retrieve, "Config"))
+        .push(logs::routes())
         .push(allocations::routes())
         .push(research::routes())
         .push(notifications::routes())

@@ -320,6 +320,26 @@ where
     })
 }
 
+/// Runs a sea-query insert.
+pub async fn execute_insert(db: &Db, q: &sea_query::InsertStatement) -> Result<(), DbError> {
+    use sea_query_sqlx::SqlxBinder;
+    match db {
+        Db::Postgres(p) => {
+            let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+                .execute(p)
+                .await?;
+        }
+        Db::Sqlite(p) => {
+            let (sql, values) = q.build_sqlx(sea_query::SqliteQueryBuilder);
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+                .execute(p)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// A transaction on either backend.
 pub enum Tx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),

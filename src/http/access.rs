@@ -121,7 +121,9 @@ pub async fn authenticate(
         ctrl.skip_rest();
         return;
     };
-    depot.insert_typed(Cid(correlation_id(req)));
+    if depot.get_typed::<Cid>().is_err() {
+        depot.insert_typed(Cid(correlation_id(req)));
+    }
     let outcome = identify(req, &app).await;
     let caller = match outcome {
         Ok(c) => c,

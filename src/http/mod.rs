@@ -5,6 +5,7 @@
 pub mod access;
 pub(crate) mod base;
 pub mod openapi;
+pub mod request_log;
 mod unix;
 
 use crate::config::Config;
@@ -25,6 +26,8 @@ pub struct AppState {
     /// Signing key of session tokens.
     pub secret_key: Option<String>,
     pub throttle: crate::throttle::Throttle,
+    /// Request logging (None disables it, e.g. in benchmarks of the bare stack).
+    pub request_log: Option<request_log::RequestLog>,
     pub health: Arc<HealthChecker>,
     pub openapi: openapi::Documents,
 }
@@ -315,6 +318,76 @@ async fn gatekeeper(req: &mut Request, depot: &mut Depot, res: &mut Response, ct
     }
 }
 
+/// `scheme://host[:port]` with default ports dropped, for comparing origins.
+fn normalize_origin(o: &str) -> String {
+    url::Url::parse(o)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| o.trim_end_matches('/').to_ascii_lowercase())
+}
+
+const CORS_METHODS: &str = "DELETE, GET, OPTIONS, PATCH, POST, PUT";
+const CORS_HEADERS: &str = "accept, authorization, content-type, user-agent, x-csrftoken, x-requested-with, x-keystone-cid";
+
+/// CORS for `security.allowed_origins`, with credentials. Preflights are answered here,
+/// before logging and authentication.
+#[handler]
+async fn cors(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let allowed = match (state(depot), &origin) {
+        (Ok(app), Some(o)) => {
+            let n = normalize_origin(o);
+            app.config
+                .settings
+                .security
+                .allowed_origins
+                .iter()
+                .any(|a| normalize_origin(a) == n)
+        }
+        _ => false,
+    };
+    let preflight = req.method() == salvo::http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if preflight {
+        res.status_code(StatusCode::OK);
+        res.body(salvo::http::ResBody::Once(Default::default()));
+        if allowed {
+            let h = res.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(CORS_METHODS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(CORS_HEADERS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
+        }
+        ctrl.skip_rest();
+    } else {
+        ctrl.call_next(req, depot, res).await;
+    }
+    if let (true, Some(o)) = (allowed, origin) {
+        if let Ok(v) = HeaderValue::from_str(&o) {
+            let h = res.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            h.append(header::VARY, HeaderValue::from_static("origin"));
+        }
+    }
+}
+
 /// Gives framework-generated errors (unknown path, wrong method, panics) upstream's bodies.
 #[handler]
 async fn json_errors(req: &Request, res: &mut Response, ctrl: &mut FlowCtrl) {
@@ -350,6 +423,8 @@ pub fn service(state: Arc<AppState>) -> Service {
     // Service-level hoops run for unmatched paths too (404/405 get headers and redirects).
     Service::new(router())
         .hoop(InjectState(state))
+        .hoop(cors)
+        .hoop(request_log::log_requests)
         .hoop(gatekeeper)
         .hoop(access::authenticate)
         .catcher(Catcher::default().hoop(json_errors))
