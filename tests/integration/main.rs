@@ -8,4 +8,5 @@ mod cli;
 mod daemon;
 mod http_base;
 mod ldap;
+mod logs;
 mod storage;
