@@ -149,7 +149,11 @@ pub async fn serve(
                 db: db.clone(),
                 secret_key: secret_key.clone(),
                 throttle: crate::throttle::connect(config.redis_url()).await,
-                request_log: Some(crate::http::request_log::RequestLog::start(db.clone())),
+                request_log: config
+                    .settings
+                    .logging
+                    .requests
+                    .then(|| crate::http::request_log::RequestLog::start(db.clone())),
                 health: Arc::new(HealthChecker::new(config.clone(), db.clone())),
                 openapi: http::openapi::documents(&http::router()),
             });

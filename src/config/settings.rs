@@ -207,6 +207,9 @@ pub struct Logging {
     pub max_bytes: u64,
     #[serde(deserialize_with = "lenient::uint")]
     pub backup_count: u32,
+    /// Record every request in the request log (`/logs/requests/`).
+    #[serde(deserialize_with = "lenient::bool")]
+    pub requests: bool,
     #[serde(deserialize_with = "lenient::int")]
     pub request_retention: i64,
     #[serde(deserialize_with = "lenient::int")]
@@ -223,6 +226,7 @@ impl Default for Logging {
             file: None,
             max_bytes: 10_485_760,
             backup_count: 5,
+            requests: true,
             request_retention: 2_592_000,
             audit_retention: 2_592_000,
             task_retention: 2_592_000,
