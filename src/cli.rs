@@ -59,6 +59,48 @@ pub enum Command {
     /// Upstream name of `user create --superuser`
     #[command(hide = true)]
     Createsuperuser(crate::admin::CreateArgs),
+    /// Print the OpenAPI document the web role serves
+    Openapi {
+        /// Output format
+        #[arg(long, value_enum, default_value = "json")]
+        format: crate::operator::Format,
+        /// Write to this file instead of standard output
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Check a running web role's health (exit 0 healthy, 1 unhealthy, 2 unreachable)
+    Health {
+        /// Web role to ask (default: server.bind)
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Run the checks in this process instead of asking the server
+        #[arg(long)]
+        direct: bool,
+        /// Print the raw JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete application data: uploads, the SQLite database, log files
+    Clean {
+        /// All targets below
+        #[arg(long)]
+        all: bool,
+        /// Static files (none exist; accepted for compatibility)
+        #[arg(long = "static")]
+        static_files: bool,
+        /// The upload directory and everything in it
+        #[arg(long)]
+        uploads: bool,
+        /// The SQLite database and its -journal, -wal and -shm files
+        #[arg(long)]
+        sqlite: bool,
+        /// The log file (logging.file) and its rotated copies
+        #[arg(long)]
+        logs: bool,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
     /// Print the version string
     Version,
     /// No-op kept for upgrade scripts written for upstream (there are no static files)
@@ -213,6 +255,30 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Config(cmd) => run_config(&cli, cmd),
+        Command::Openapi { format, output } => crate::operator::openapi(*format, output.as_deref()),
+        Command::Health { url, direct, json } => match load_config(&cli, Vec::new()) {
+            Ok(config) => {
+                daemon::init_logging(&config, cli.log_level.as_deref());
+                crate::operator::health(config, url.as_deref(), *direct, *json)
+            }
+            Err(e) => config_exit(&e),
+        },
+        Command::Clean {
+            all,
+            static_files,
+            uploads,
+            sqlite,
+            logs,
+            yes,
+        } => with_config(&cli, |c| {
+            let t = crate::operator::CleanTargets {
+                static_files: *all || *static_files,
+                uploads: *all || *uploads,
+                sqlite: *all || *sqlite,
+                logs: *all || *logs,
+            };
+            crate::operator::clean(c, t, *yes)
+        }),
         Command::User(cmd) => with_config(&cli, |c| crate::admin::run_user(c, cmd)),
         Command::Token(cmd) => with_config(&cli, |c| crate::admin::run_token(c, cmd)),
         Command::Createsuperuser(args) => with_config(&cli, |c| {

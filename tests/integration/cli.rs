@@ -225,3 +225,80 @@ fn quickstart_creates_the_admin_once_and_serves() {
     let (status, out) = d.stop();
     assert!(status.success(), "{out}");
 }
+
+#[test]
+fn openapi_command_prints_the_served_document() {
+    let site = Site::new(Backend::Sqlite);
+    let yaml = site.run(&["openapi", "--format", "yaml"]);
+    assert!(yaml.status.success());
+    assert!(stdout(&yaml).starts_with("openapi: 3.0.3\n"));
+    let file = site.path("doc.json");
+    let out = site.run(&["openapi", "--output", &file.display().to_string()]);
+    assert!(out.status.success());
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("written")).expect("json");
+    assert!(doc["paths"]["/users/users/"]["get"].is_object());
+}
+
+#[test]
+fn health_command_exit_codes() {
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let unreachable = site.run(&[
+        "health",
+        "--url",
+        &format!("http://127.0.0.1:{}/", free_port()),
+    ]);
+    assert_eq!(
+        unreachable.status.code(),
+        Some(2),
+        "{}",
+        stderr(&unreachable)
+    );
+    let web = site.serve("web", &[]);
+    let url = format!("http://{}/", web.base());
+    // SMTP (closed port) and Celery (no worker) are down: unhealthy.
+    let out = site.run(&["health", "--url", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("Database") && l.contains(" ok ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("SMTP") && l.contains("FAIL")),
+        "{text}"
+    );
+    let json = site.run(&["health", "--url", &url, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&json).trim()).expect("json");
+    assert!(v["data"].as_array().map(|a| a.len() >= 4).unwrap_or(false));
+    let direct = site.run(&["health", "--direct"]);
+    assert_eq!(direct.status.code(), Some(1));
+    assert!(stdout(&direct).contains("Storage"));
+}
+
+#[test]
+fn clean_needs_a_target_and_confirmation() {
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let db = site.path("state/keystone.db");
+    assert!(db.exists());
+    let out = site.run(&["clean"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("At least one deletion target is required."));
+    let refused = site.run(&["clean", "--sqlite"]);
+    assert_eq!(refused.status.code(), Some(1), "no --yes off a terminal");
+    assert!(db.exists(), "nothing deleted without confirmation");
+    std::fs::create_dir_all(site.path("state/media/allocations")).expect("media");
+    let out = site.run(&["clean", "--all", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("Cleaning application data:\n"));
+    assert!(text.contains("  Removing SQLite files... OK"));
+    assert!(text.contains("  Removing user uploads... OK"));
+    assert!(!db.exists());
+    assert!(!site.path("state/keystone.db-wal").exists());
+    assert!(!site.path("state/media").exists());
+}

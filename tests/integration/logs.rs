@@ -24,7 +24,9 @@ fn every_request_is_logged_before_its_response_leaves() {
             w.web.request(method, path, &[("X-KEYSTONE-CID", cid)], b"");
         }
         for ((method, path, code), cid) in probes.iter().zip(&cids) {
-            let page = w.call("STAFF", "GET", &format!("/logs/requests/?cid={cid}"), None).json();
+            let page = w
+                .call("STAFF", "GET", &format!("/logs/requests/?cid={cid}"), None)
+                .json();
             assert_eq!(page["count"], 1, "{method} {path}: {page}");
             let rec = &page["results"][0];
             assert_eq!(rec["method"], *method);
@@ -38,17 +40,29 @@ fn every_request_is_logged_before_its_response_leaves() {
         w.web.request(
             "GET",
             "/authentication/whoami/",
-            &[("Authorization", &format!("Token {}", w.tokens["MB"])), ("X-KEYSTONE-CID", CID)],
+            &[
+                ("Authorization", &format!("Token {}", w.tokens["MB"])),
+                ("X-KEYSTONE-CID", CID),
+            ],
             b"",
         );
-        let page = w.call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None).json();
+        let page = w
+            .call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None)
+            .json();
         assert_eq!(page["results"][0]["user"], w.id("MB"));
         assert_eq!(page["results"][0]["_user"]["username"], "mb");
-        let feed = w.call("STAFF", "GET", &format!("/logs/feed/?cid={CID}"), None).json();
+        let feed = w
+            .call("STAFF", "GET", &format!("/logs/feed/?cid={CID}"), None)
+            .json();
         assert_eq!(feed["count"], 1);
         assert_eq!(feed["results"][0]["record_type"], "request");
         assert_eq!(feed["results"][0]["status"], "200");
-        assert!(feed["results"][0]["id"].as_str().unwrap_or("").starts_with('r'));
+        assert!(
+            feed["results"][0]["id"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with('r')
+        );
     }
 }
 
@@ -56,7 +70,10 @@ fn every_request_is_logged_before_its_response_leaves() {
 fn concurrent_requests_are_all_logged_by_cid() {
     let w = World::new(
         Backend::Sqlite,
-        &[("API_THROTTLE_ANON", "100000/min"), ("API_THROTTLE_USER", "100000/min")],
+        &[
+            ("API_THROTTLE_ANON", "100000/min"),
+            ("API_THROTTLE_USER", "100000/min"),
+        ],
     );
     let base = w.web.base();
     let handles: Vec<_> = (0..16)
@@ -66,7 +83,13 @@ fn concurrent_requests_are_all_logged_by_cid() {
                 let mut cids = Vec::new();
                 for _ in 0..15 {
                     let cid = uuid::Uuid::new_v4().to_string();
-                    let r = crate::common::http::request(&base, "GET", "/version/", &[("X-KEYSTONE-CID", &cid)], b"");
+                    let r = crate::common::http::request(
+                        &base,
+                        "GET",
+                        "/version/",
+                        &[("X-KEYSTONE-CID", &cid)],
+                        b"",
+                    );
                     assert_eq!(r.status, 200);
                     cids.push(cid);
                 }
@@ -74,24 +97,55 @@ fn concurrent_requests_are_all_logged_by_cid() {
             })
         })
         .collect();
-    let cids: Vec<String> = handles.into_iter().flat_map(|h| h.join().expect("client")).collect();
+    let cids: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("client"))
+        .collect();
     assert_eq!(cids.len(), 240);
     for cid in &cids {
-        let page = w.call("STAFF", "GET", &format!("/logs/requests/?cid={cid}"), None).json();
-        assert_eq!(page["count"], 1, "{cid} logged exactly once before its response");
+        let page = w
+            .call("STAFF", "GET", &format!("/logs/requests/?cid={cid}"), None)
+            .json();
+        assert_eq!(
+            page["count"], 1,
+            "{cid} logged exactly once before its response"
+        );
     }
 }
 
 #[test]
 fn client_address_honours_forwarded_for_only_when_trusted() {
     let w = World::new(Backend::Sqlite, &[]);
-    w.web.request("GET", "/version/", &[("X-Forwarded-For", "203.0.113.7, 10.0.0.1"), ("X-KEYSTONE-CID", CID)], b"");
-    let rec = &w.call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None).json()["results"][0];
+    w.web.request(
+        "GET",
+        "/version/",
+        &[
+            ("X-Forwarded-For", "203.0.113.7, 10.0.0.1"),
+            ("X-KEYSTONE-CID", CID),
+        ],
+        b"",
+    );
+    let rec = &w
+        .call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None)
+        .json()["results"][0];
     assert_eq!(rec["remote_address"], "203.0.113.7");
-    let w = World::new(Backend::Sqlite, &[("KEYSTONE_SERVER__TRUST_FORWARDED_FOR", "false")]);
-    w.web.request("GET", "/version/", &[("X-Forwarded-For", "203.0.113.7"), ("X-KEYSTONE-CID", CID)], b"");
-    let rec = &w.call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None).json()["results"][0];
-    assert_eq!(rec["remote_address"], "127.0.0.1", "an untrusted header is ignored");
+    let w = World::new(
+        Backend::Sqlite,
+        &[("KEYSTONE_SERVER__TRUST_FORWARDED_FOR", "false")],
+    );
+    w.web.request(
+        "GET",
+        "/version/",
+        &[("X-Forwarded-For", "203.0.113.7"), ("X-KEYSTONE-CID", CID)],
+        b"",
+    );
+    let rec = &w
+        .call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None)
+        .json()["results"][0];
+    assert_eq!(
+        rec["remote_address"], "127.0.0.1",
+        "an untrusted header is ignored"
+    );
 }
 
 #[test]
@@ -109,30 +163,64 @@ fn invalid_cids_are_replaced_and_shared_with_audit_entries() {
         br#"{"name":"Audited Team"}"#,
     );
     assert_eq!(r.status, 201);
-    assert!(r.header("x-keystone-cid").is_none(), "the cid is not echoed");
+    assert!(
+        r.header("x-keystone-cid").is_none(),
+        "the cid is not echoed"
+    );
     let team = r.json()["id"].as_i64().expect("id");
-    let audit = w.call("STAFF", "GET", &format!("/logs/audit/?object_id={team}&content_type=users%20%7C%20Team"), None).json();
+    let audit = w
+        .call(
+            "STAFF",
+            "GET",
+            &format!("/logs/audit/?object_id={team}&content_type=users%20%7C%20Team"),
+            None,
+        )
+        .json();
     assert_eq!(audit["count"], 1);
     let entry = &audit["results"][0];
     assert_eq!(entry["record_name"], "users | Team");
     assert_eq!(entry["action"], "create");
-    assert_eq!(entry["actor"], w.id("MB"), "token-authenticated changes name their actor");
+    assert_eq!(
+        entry["actor"],
+        w.id("MB"),
+        "token-authenticated changes name their actor"
+    );
     assert_eq!(entry["changes"]["name"], json!(["None", "Audited Team"]));
     let cid = entry["cid"].as_str().expect("cid").to_string();
     assert_ne!(cid, long);
     assert!(uuid::Uuid::parse_str(&cid).is_ok());
     // The request log row of that request carries the same generated cid.
-    let reqs = w.call("STAFF", "GET", &format!("/logs/requests/?cid={cid}"), None).json();
+    let reqs = w
+        .call("STAFF", "GET", &format!("/logs/requests/?cid={cid}"), None)
+        .json();
     assert_eq!(reqs["count"], 1);
     assert_eq!(reqs["results"][0]["endpoint"], "/users/teams/");
     // An update writes the diff; an update that changes nothing writes no entry.
     let path = format!("/users/teams/{team}/");
-    assert_eq!(w.call("STAFF", "PATCH", &path, Some(json!({"is_active": false}))).status, 200);
-    assert_eq!(w.call("STAFF", "PATCH", &path, Some(json!({"is_active": false}))).status, 200);
-    let audit = w.call("STAFF", "GET", &format!("/logs/audit/?object_id={team}&content_type=users%20%7C%20Team"), None).json();
+    assert_eq!(
+        w.call("STAFF", "PATCH", &path, Some(json!({"is_active": false})))
+            .status,
+        200
+    );
+    assert_eq!(
+        w.call("STAFF", "PATCH", &path, Some(json!({"is_active": false})))
+            .status,
+        200
+    );
+    let audit = w
+        .call(
+            "STAFF",
+            "GET",
+            &format!("/logs/audit/?object_id={team}&content_type=users%20%7C%20Team"),
+            None,
+        )
+        .json();
     assert_eq!(audit["count"], 2);
     assert_eq!(audit["results"][0]["action"], "update", "newest first");
-    assert_eq!(audit["results"][0]["changes"], json!({"is_active": ["True", "False"]}));
+    assert_eq!(
+        audit["results"][0]["changes"],
+        json!({"is_active": ["True", "False"]})
+    );
     // Searching the audit log works (upstream answers 500 here).
     let found = w.call("STAFF", "GET", "/logs/audit/?_search=audited", None);
     assert_eq!(found.status, 200);
@@ -142,7 +230,10 @@ fn invalid_cids_are_replaced_and_shared_with_audit_entries() {
 #[test]
 fn log_views_are_staff_only() {
     let w = World::new(Backend::Sqlite, &[]);
-    let entry = w.call("STAFF", "GET", "/logs/requests/?_limit=1", None).json()["results"][0]["id"].clone();
+    let entry = w
+        .call("STAFF", "GET", "/logs/requests/?_limit=1", None)
+        .json()["results"][0]["id"]
+        .clone();
     let paths = [
         "/logs/requests/".to_string(),
         format!("/logs/requests/{entry}/"),
@@ -153,9 +244,22 @@ fn log_views_are_staff_only() {
     ];
     for path in &paths {
         for method in ["GET", "HEAD", "OPTIONS"] {
-            let want_staff = if path.contains("999999") && method != "OPTIONS" { 404 } else { 200 };
-            for (role, want) in [("ANON", 401), ("AUTH", 403), ("MB", 403), ("STAFF", want_staff)] {
-                assert_eq!(w.call(role, method, path, None).status, want, "{method} {path} as {role}");
+            let want_staff = if path.contains("999999") && method != "OPTIONS" {
+                404
+            } else {
+                200
+            };
+            for (role, want) in [
+                ("ANON", 401),
+                ("AUTH", 403),
+                ("MB", 403),
+                ("STAFF", want_staff),
+            ] {
+                assert_eq!(
+                    w.call(role, method, path, None).status,
+                    want,
+                    "{method} {path} as {role}"
+                );
             }
         }
         for method in ["POST", "PUT", "PATCH", "DELETE"] {
@@ -163,7 +267,10 @@ fn log_views_are_staff_only() {
                 let r = w.call(role, method, path, None);
                 assert_eq!(r.status, want, "{method} {path} as {role}");
                 if want == 405 {
-                    assert_eq!(r.json()["detail"], format!("Method \"{method}\" not allowed."));
+                    assert_eq!(
+                        r.json()["detail"],
+                        format!("Method \"{method}\" not allowed.")
+                    );
                 }
             }
         }
@@ -173,13 +280,32 @@ fn log_views_are_staff_only() {
     assert_eq!(index.json()["requests"], "http://localhost/logs/requests/");
     assert_eq!(w.call("ANON", "GET", "/logs/", None).status, 401);
     // Filters and errors follow the list conventions.
-    assert_eq!(w.call("STAFF", "GET", "/logs/requests/?response_code__gte=400&method=GET", None).status, 200);
-    assert_eq!(w.call("STAFF", "GET", "/logs/requests/?response_code=abc", None).json(), json!({"response_code": ["Enter a number."]}));
+    assert_eq!(
+        w.call(
+            "STAFF",
+            "GET",
+            "/logs/requests/?response_code__gte=400&method=GET",
+            None
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        w.call("STAFF", "GET", "/logs/requests/?response_code=abc", None)
+            .json(),
+        json!({"response_code": ["Enter a number."]})
+    );
 }
 
 #[test]
 fn client_configuration() {
-    let w = World::new(Backend::Sqlite, &[("CONFIG_UPLOAD_SIZE", "1048576"), ("SECURE_SESSION_AGE", "3600")]);
+    let w = World::new(
+        Backend::Sqlite,
+        &[
+            ("CONFIG_UPLOAD_SIZE", "1048576"),
+            ("SECURE_SESSION_AGE", "3600"),
+        ],
+    );
     assert_eq!(w.call("ANON", "GET", "/config/", None).status, 401);
     assert_eq!(w.call("ANON", "POST", "/config/", None).status, 401);
     assert_eq!(w.call("MB", "POST", "/config/", None).status, 405);
@@ -188,7 +314,10 @@ fn client_configuration() {
     assert_eq!(c["max_upload_size"], 1048576);
     assert_eq!(c["max_upload_count"], 15);
     assert_eq!(c["session_age"], 3600);
-    assert_eq!(c["allowed_file_types"].as_array().map(|a| a.len()), Some(22));
+    assert_eq!(
+        c["allowed_file_types"].as_array().map(|a| a.len()),
+        Some(22)
+    );
     assert_eq!(c["allowed_file_types"][0], "application/pdf");
 }
 
@@ -198,18 +327,44 @@ fn cors_for_allowed_origins_with_credentials() {
     let pre = w.web.request(
         "OPTIONS",
         "/users/users/",
-        &[("Origin", "http://localhost:4200"), ("Access-Control-Request-Method", "POST"), ("X-KEYSTONE-CID", CID)],
+        &[
+            ("Origin", "http://localhost:4200"),
+            ("Access-Control-Request-Method", "POST"),
+            ("X-KEYSTONE-CID", CID),
+        ],
         b"",
     );
     assert_eq!(pre.status, 200);
-    assert_eq!(pre.header("access-control-allow-origin"), Some("http://localhost:4200"));
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("http://localhost:4200")
+    );
     assert_eq!(pre.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(pre.header("access-control-max-age"), Some("86400"));
-    assert!(pre.header("access-control-allow-headers").unwrap_or("").contains("x-csrftoken"));
-    let page = w.call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None).json();
+    assert!(
+        pre.header("access-control-allow-headers")
+            .unwrap_or("")
+            .contains("x-csrftoken")
+    );
+    let page = w
+        .call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None)
+        .json();
     assert_eq!(page["count"], 0, "preflights are not logged");
-    let other = w.web.request("GET", "/version/", &[("Origin", "http://evil.example")], b"");
+    let other = w.web.request(
+        "GET",
+        "/version/",
+        &[("Origin", "http://evil.example")],
+        b"",
+    );
     assert!(other.header("access-control-allow-origin").is_none());
-    let ok = w.web.request("GET", "/version/", &[("Origin", "http://127.0.0.1:8000")], b"");
-    assert_eq!(ok.header("access-control-allow-origin"), Some("http://127.0.0.1:8000"));
+    let ok = w.web.request(
+        "GET",
+        "/version/",
+        &[("Origin", "http://127.0.0.1:8000")],
+        b"",
+    );
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("http://127.0.0.1:8000")
+    );
 }
