@@ -375,8 +375,10 @@ async fn cors(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &m
     } else {
         ctrl.call_next(req, depot, res).await;
     }
-    if let (true, Some(o)) = (allowed, origin) {
-        if let Ok(v) = HeaderValue::from_str(&o) {
+    if let (true, Some(o)) = (allowed, origin)
+        && let Ok(v) = HeaderValue::from_str(&o)
+    {
+        {
             let h = res.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
             h.insert(

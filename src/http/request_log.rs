@@ -151,15 +151,13 @@ async fn insert(db: &Db, records: &[&Record]) -> Result<(), crate::db::DbError> 
 /// The client address: the text before the first comma of `X-Forwarded-For` (not trimmed,
 /// when trusted), else the peer IP; None for a Unix-socket peer without the header.
 pub fn remote_address(req: &Request, trust_forwarded_for: bool) -> Option<String> {
-    if trust_forwarded_for {
-        if let Some(v) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-        {
-            return Some(v.split(',').next().unwrap_or("").chars().take(40).collect());
-        }
+    if let Some(v) = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| trust_forwarded_for && !v.is_empty())
+    {
+        return Some(v.split(',').next().unwrap_or("").chars().take(40).collect());
     }
     req.remote_addr()
         .as_ipv4()
