@@ -59,6 +59,9 @@ pub enum Command {
     /// Upstream name of `user create --superuser`
     #[command(hide = true)]
     Createsuperuser(crate::admin::CreateArgs),
+    /// Log records: `prune` deletes those past their retention (logging.*_retention)
+    #[command(subcommand)]
+    Logs(LogsCommand),
     /// Print the OpenAPI document the web role serves
     Openapi {
         /// Output format
@@ -200,6 +203,12 @@ pub enum ConfigCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LogsCommand {
+    /// Delete request logs, audit entries and task results older than their retention
+    Prune,
+}
+
 #[derive(Debug, Args)]
 pub struct CompletionArgs {
     /// Target shell
@@ -255,6 +264,33 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Config(cmd) => run_config(&cli, cmd),
+        Command::Logs(LogsCommand::Prune) => with_config(&cli, |c| {
+            let Ok(rt) = runtime() else {
+                return ExitCode::from(1);
+            };
+            rt.block_on(async {
+                let db = match serve::open_database(c).await {
+                    Ok(db) => db,
+                    Err(e) => {
+                        eprintln!("keystone: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                match crate::retention::prune(&db, &c.settings.logging, chrono::Utc::now()).await {
+                    Ok(p) => {
+                        println!(
+                            "Deleted {} request log(s), {} audit entr(y/ies), {} task result(s).",
+                            p.requests, p.audit, p.tasks
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("keystone: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            })
+        }),
         Command::Openapi { format, output } => crate::operator::openapi(*format, output.as_deref()),
         Command::Health { url, direct, json } => match load_config(&cli, Vec::new()) {
             Ok(config) => {

@@ -149,6 +149,8 @@ pub async fn serve(
                 db: db.clone(),
                 secret_key: secret_key.clone(),
                 throttle: crate::throttle::connect(config.redis_url()).await,
+                revocations: crate::sessions::Revocations::connect(db.clone(), config.redis_url())
+                    .await,
                 request_log: config
                     .settings
                     .logging

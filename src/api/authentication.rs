@@ -152,7 +152,7 @@ pub async fn logout(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
         if let Some(Via::Session(claims)) = &caller.via {
             let expires =
                 chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(chrono::Utc::now);
-            users::revoke_session(&app.db, &claims.jti, expires).await?;
+            app.revocations.revoke(&claims.jti, expires).await?;
         }
         Ok(())
     }

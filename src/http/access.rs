@@ -97,7 +97,7 @@ async fn session_user(
     let Some(claims) = auth::decode_session(secret, cookie.value()) else {
         return Ok(None);
     };
-    if users::session_revoked(&app.db, &claims.jti).await? {
+    if app.revocations.is_revoked(&claims.jti).await? {
         return Ok(None);
     }
     let Some(user) = users::by_id(&app.db, claims.sub).await? else {

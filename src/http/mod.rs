@@ -26,6 +26,8 @@ pub struct AppState {
     /// Signing key of session tokens.
     pub secret_key: Option<String>,
     pub throttle: crate::throttle::Throttle,
+    /// Logged-out sessions.
+    pub revocations: crate::sessions::Revocations,
     /// Request logging (None disables it, e.g. in benchmarks of the bare stack).
     pub request_log: Option<request_log::RequestLog>,
     pub health: Arc<HealthChecker>,

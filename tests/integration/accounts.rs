@@ -1200,3 +1200,57 @@ fn ldap_login_creates_and_refreshes_the_local_account() {
         "{health}"
     );
 }
+
+#[test]
+fn logout_with_redis_revokes_across_web_processes() {
+    if !redis_available() {
+        return;
+    }
+    let w = World::new(Backend::Sqlite, &[("KEYSTONE_REDIS__URL", &redis_url())]);
+    // A second web process on the same database and Redis.
+    let other = w.site.serve("web", &[]);
+    let (_, session, csrf) = session_login(&w, "mb", PASSWORD);
+    let jar = format!("sessionid={session}; csrftoken={csrf}");
+    assert_eq!(
+        other
+            .request("GET", "/authentication/whoami/", &[("Cookie", &jar)], b"")
+            .status,
+        200
+    );
+    let out = w.web.request(
+        "POST",
+        "/authentication/logout/",
+        &[("Cookie", &jar), ("X-CSRFToken", &csrf)],
+        b"",
+    );
+    assert_eq!(out.status, 200);
+    assert_eq!(
+        other
+            .request("GET", "/authentication/whoami/", &[("Cookie", &jar)], b"")
+            .status,
+        401
+    );
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let payload = session.split('.').nth(1).expect("jwt payload");
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("b64"),
+        )
+        .expect("claims")
+    };
+    let key = format!(
+        "keystone:revoked-session:{}",
+        claims["jti"].as_str().expect("jti")
+    );
+    let url = redis_url();
+    let db = url.rsplit('/').next().unwrap_or("0");
+    let found = std::process::Command::new("redis-cli")
+        .args(["-n", db, "EXISTS", &key])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Ok(found) = found {
+        assert_eq!(found, "1", "the revoked session id is kept in Redis");
+    }
+}

@@ -368,3 +368,46 @@ fn cors_for_allowed_origins_with_credentials() {
         Some("http://127.0.0.1:8000")
     );
 }
+
+#[test]
+fn logs_prune_honours_each_retention() {
+    for backend in backends() {
+        let w = World::new(backend, &[]);
+        let old = "2000-01-01T00:00:00.000000+00:00";
+        let ts = if backend == Backend::Postgres {
+            format!("'{old}'::timestamptz")
+        } else {
+            format!("'{old}'")
+        };
+        w.site.sql(&format!(
+            "INSERT INTO logging_requestlog (method, endpoint, response_code, timestamp, cid) VALUES ('GET', '/old/', 200, {ts}, 'old');
+             INSERT INTO auditlog_logentry (content_type, object_pk, object_id, object_repr, action, changes_text, timestamp) VALUES ('users | Team', '999', 999, 'old', 0, '', {ts});
+             INSERT INTO django_celery_results_taskresult (task_id, task_name, status, date_created, date_done) VALUES ('old-task', 'x', 'SUCCESS', {ts}, {ts});"
+        ));
+        let before = |path: &str| {
+            w.call("STAFF", "GET", path, None).json()["count"]
+                .as_i64()
+                .unwrap_or(-1)
+        };
+        assert_eq!(before("/logs/requests/?cid=old"), 1);
+        // Audit retention 0 keeps everything; the others delete the old rows only.
+        let mut site_env = w.site.env.clone();
+        site_env.insert("KEYSTONE_LOGGING__AUDIT_RETENTION".into(), "0".into());
+        let out = w
+            .site
+            .command(&["logs", "prune"])
+            .envs(&site_env)
+            .output()
+            .expect("prune");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("Deleted 1 request log(s), 0 audit"),
+            "{}",
+            stdout(&out)
+        );
+        assert_eq!(before("/logs/requests/?cid=old"), 0);
+        assert_eq!(before("/logs/tasks/?task_id=old-task"), 0);
+        assert_eq!(before("/logs/audit/?object_id=999"), 1);
+        assert!(before("/logs/requests/") > 0, "recent records stay");
+    }
+}
