@@ -14,6 +14,7 @@ pub mod db;
 pub mod health;
 pub mod http;
 pub mod ldap;
+pub mod metrics;
 pub mod operator;
 pub mod passwords;
 pub mod quickstart;

@@ -124,6 +124,15 @@ pub async fn serve(
     require_redis(&config).await?;
 
     let mut status = vec![format!("role {}", role.name())];
+    let request_log = (role.serves_http() && config.settings.logging.requests)
+        .then(|| crate::http::request_log::RequestLog::start(db.clone()));
+    let sources = crate::metrics::Sources {
+        db: Some(db.clone()),
+        request_log_dropped: request_log.as_ref().map(|l| l.dropped.clone()),
+    };
+    if let Some(addr) = crate::metrics::start(&config, sources) {
+        status.push(format!("metrics on http://{addr}/metrics"));
+    }
     let mut background = Vec::new();
     if role.runs_worker() {
         let heartbeat = crate::worker::Heartbeat::new(db.clone(), role.name());
@@ -151,11 +160,7 @@ pub async fn serve(
                 throttle: crate::throttle::connect(config.redis_url()).await,
                 revocations: crate::sessions::Revocations::connect(db.clone(), config.redis_url())
                     .await,
-                request_log: config
-                    .settings
-                    .logging
-                    .requests
-                    .then(|| crate::http::request_log::RequestLog::start(db.clone())),
+                request_log: request_log.clone(),
                 health: Arc::new(HealthChecker::new(config.clone(), db.clone())),
                 openapi: http::openapi::documents(&http::router()),
             });

@@ -426,6 +426,7 @@ pub fn service(state: Arc<AppState>) -> Service {
     );
     // Service-level hoops run for unmatched paths too (404/405 get headers and redirects).
     Service::new(router())
+        .hoop(crate::metrics::http_metrics)
         .hoop(InjectState(state))
         .hoop(cors)
         .hoop(request_log::log_requests)

@@ -281,3 +281,56 @@ fn unreachable_redis_stops_the_worker_with_a_clear_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn metrics_are_served_on_the_first_free_port_of_the_range() {
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    // The first port of the range is taken: the next one is used.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let first = busy.local_addr().expect("addr").port();
+    let second = free_port();
+    let ports = format!("{first},{second}");
+    let mut daemon = site.serve("web", &[("KEYSTONE_METRICS__PORTS", &ports)]);
+    let ready = daemon
+        .notify
+        .wait_for("READY=1", Duration::from_secs(1))
+        .expect("ready");
+    assert!(
+        ready.contains(&format!("metrics on http://127.0.0.1:{second}/metrics")),
+        "{ready}"
+    );
+    for _ in 0..3 {
+        assert_eq!(daemon.get("/version/").status, 200);
+    }
+    assert_eq!(daemon.get("/no-such-page/").status, 404);
+    let metrics = http::request(&format!("127.0.0.1:{second}"), "GET", "/metrics", &[], b"");
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    let has = |needle: &str| text.lines().any(|l| l.starts_with(needle));
+    assert!(
+        has("keystone_http_requests_total{method=\"GET\",route=\"/version/\",status=\"200\"} 3"),
+        "{text}"
+    );
+    assert!(
+        has("keystone_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(
+        has("keystone_http_request_duration_seconds_bucket{method=\"GET\",route=\"/version/\""),
+        "{text}"
+    );
+    assert!(has("keystone_http_requests_in_flight"), "{text}");
+    assert!(
+        has("keystone_db_pool_connections{state=\"idle\"}"),
+        "{text}"
+    );
+    assert!(has("keystone_request_log_dropped 0"), "{text}");
+    assert_eq!(
+        http::request(&format!("127.0.0.1:{second}"), "GET", "/other", &[], b"").status,
+        404
+    );
+    drop(busy);
+    let (status, out) = daemon.stop();
+    assert!(status.success(), "{out}");
+}

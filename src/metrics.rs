@@ -1,0 +1,166 @@
+//! Process metrics (operations.md §3.8): every `serve` process records Prometheus series
+//! through the `metrics` facade and serves them on `/metrics` on the first free port of
+//! `metrics.ports`, bound to `metrics.address` (loopback by default).
+
+use crate::config::Config;
+use crate::db::Db;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use salvo::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the global recorder once per process; None if another recorder is installed.
+pub fn recorder() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "keystone_http_requests_total",
+        "HTTP requests answered, by method, route and status"
+    );
+    metrics::describe_histogram!(
+        "keystone_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request, by method and route"
+    );
+    metrics::describe_gauge!(
+        "keystone_http_requests_in_flight",
+        "HTTP requests being handled"
+    );
+    metrics::describe_counter!(
+        "keystone_tasks_total",
+        "Background task runs, by task name and final status"
+    );
+    metrics::describe_histogram!(
+        "keystone_task_duration_seconds",
+        metrics::Unit::Seconds,
+        "Run time of background tasks, by task name"
+    );
+    metrics::describe_gauge!("keystone_queue_depth", "Tasks waiting in the queue");
+    metrics::describe_gauge!(
+        "keystone_request_log_dropped",
+        "Request-log records that could not be stored since start"
+    );
+    metrics::describe_gauge!(
+        "keystone_db_pool_connections",
+        "Database pool connections, by state (in_use, idle)"
+    );
+}
+
+/// Counts and times every HTTP request (outermost middleware).
+#[handler]
+pub async fn http_metrics(
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+    ctrl: &mut FlowCtrl,
+) {
+    let start = Instant::now();
+    let in_flight = metrics::gauge!("keystone_http_requests_in_flight");
+    in_flight.increment(1.0);
+    ctrl.call_next(req, depot, res).await;
+    in_flight.decrement(1.0);
+    // Route templates as upstream writes them: `/users/users/{id}/`.
+    let route = match req.matched_path().trim_matches('/') {
+        "" if req.uri().path() == "/" => "/".to_string(),
+        "" => "unmatched".to_string(),
+        p => format!("/{p}/"),
+    };
+    let method = req.method().to_string();
+    let status = res
+        .status_code
+        .unwrap_or(salvo::http::StatusCode::OK)
+        .as_u16()
+        .to_string();
+    metrics::counter!("keystone_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("keystone_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+}
+
+/// Gauges sampled when Prometheus scrapes.
+#[derive(Clone, Default)]
+pub struct Sources {
+    pub db: Option<Db>,
+    pub request_log_dropped: Option<Arc<AtomicU64>>,
+}
+
+struct Endpoint {
+    handle: PrometheusHandle,
+    sources: Sources,
+}
+
+#[async_trait]
+impl Handler for Endpoint {
+    async fn handle(
+        &self,
+        _req: &mut Request,
+        _depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        if let Some(db) = &self.sources.db {
+            let (size, idle) = db.pool_usage();
+            let idle = idle as f64;
+            metrics::gauge!("keystone_db_pool_connections", "state" => "idle").set(idle);
+            metrics::gauge!("keystone_db_pool_connections", "state" => "in_use")
+                .set((f64::from(size) - idle).max(0.0));
+        }
+        if let Some(dropped) = &self.sources.request_log_dropped {
+            metrics::gauge!("keystone_request_log_dropped")
+                .set(dropped.load(Ordering::Relaxed) as f64);
+        }
+        res.headers_mut().insert(
+            salvo::http::header::CONTENT_TYPE,
+            salvo::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        let _ = res.write_body(self.handle.render());
+    }
+}
+
+/// Binds the first free port of `metrics.ports` and serves `/metrics` there; returns the
+/// bound address, or None (with a warning) when disabled or no port is free.
+pub fn start(config: &Config, sources: Sources) -> Option<std::net::SocketAddr> {
+    if !config.settings.metrics.enabled {
+        return None;
+    }
+    let handle = recorder()?;
+    let ip: std::net::IpAddr = config.settings.metrics.address.parse().ok()?;
+    let ports = config.metrics_ports().ok()?;
+    let listener = ports
+        .iter()
+        .find_map(|p| std::net::TcpListener::bind((ip, *p)).ok());
+    let Some(listener) = listener else {
+        tracing::warn!(
+            "metrics: no free port in {:?}; continuing without metrics",
+            config.settings.metrics.ports
+        );
+        return None;
+    };
+    let addr = listener.local_addr().ok()?;
+    listener.set_nonblocking(true).ok()?;
+    let listener = tokio::net::TcpListener::from_std(listener).ok()?;
+    let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).ok()?;
+    let router = Router::new().push(Router::with_path("metrics").get(Endpoint { handle, sources }));
+    tokio::spawn(async move {
+        Server::new(acceptor).serve(router).await;
+    });
+    tracing::info!("metrics on http://{addr}/metrics");
+    Some(addr)
+}
