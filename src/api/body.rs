@@ -38,18 +38,6 @@ impl Body {
     }
 }
 
-fn python_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "NoneType",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "float",
-        Value::Number(_) => "int",
-        Value::String(_) => "str",
-        Value::Array(_) => "list",
-        Value::Object(_) => "dict",
-    }
-}
-
 fn media_type(req: &Request) -> Option<String> {
     req.headers()
         .get(salvo::http::header::CONTENT_TYPE)
@@ -91,7 +79,7 @@ pub async fn read(req: &mut Request) -> Result<Body, ApiError> {
                     ..Default::default()
                 }),
                 other => Ok(Body {
-                    not_object: Some(python_type(&other)),
+                    not_object: Some(super::fields::type_name(&other)),
                     ..Default::default()
                 }),
             }

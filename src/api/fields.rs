@@ -16,7 +16,8 @@ pub struct Validator<'a> {
     errors: Map<String, Value>,
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// The Python type name DRF reports for a JSON value (`list`, `str`, `NoneType`, ...).
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "NoneType",
         Value::Bool(_) => "bool",
