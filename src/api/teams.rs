@@ -454,6 +454,16 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let ctx = super::users::audit_context(req, depot);
         let mut tx = app.db.begin().await?;
         audit_cascaded_memberships(&mut tx, &ctx, "team_id", team.id).await?;
+        super::allocations::requests::audit_cascaded_team(&mut tx, &ctx, team.id).await?;
+        super::research::audit_cascaded_team(&mut tx, &ctx, team.id).await?;
+        // Attachment files go once the rows are gone for good (after the commit).
+        let request_ids: Vec<i64> = on_tx!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT id FROM allocations_allocationrequest WHERE team_id = $1"
+        )
+        .bind(team.id)
+        .fetch_all(c)
+        .await)?;
+        let files = super::allocations::attachments::stored_files(&mut tx, &request_ids).await?;
         audit::record(
             &mut tx,
             &ctx,
@@ -472,6 +482,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         .await
         .map(|_| ()))?;
         tx.commit().await?;
+        super::allocations::attachments::remove_files(&app.config, &files).await;
         Ok(())
     }
     .await;

@@ -14,7 +14,8 @@ pub const CSRF_COOKIE: &str = "csrftoken";
 
 /// Path prefixes that need an authenticated caller for every method (DRF views with
 /// `IsAuthenticated`). Everything else is public or not an API view.
-const PROTECTED: [&str; 10] = [
+const PROTECTED: [&str; 11] = [
+    "/media/",
     "/users/",
     "/allocations/",
     "/research/",

@@ -285,9 +285,14 @@ fn openapi_documents_in_json_and_yaml() {
                 "{op}: {report}"
             );
         }
+        // The only operation upstream lacks is the attachment download (upstream serves
+        // uploads publicly; Keystone checks permissions, spec §6.4 decision 3).
         assert!(
-            !report.contains("extra "),
-            "no operation upstream lacks: {report}"
+            report
+                .lines()
+                .filter(|l| l.starts_with("extra "))
+                .all(|l| l.ends_with("/allocations/attachments/{id}/download/")),
+            "no other operation upstream lacks: {report}"
         );
         assert!(
             report.contains("0 with missing response fields"),

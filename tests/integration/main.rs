@@ -4,9 +4,12 @@
 mod common;
 
 mod accounts;
+mod allocations_core;
+mod attachments_comments;
 mod cli;
 mod daemon;
 mod http_base;
 mod ldap;
 mod logs;
+mod research_notifications;
 mod storage;

@@ -1,8 +1,41 @@
-//! `/notifications/` (domain.md §9): notifications and preferences.
+//! `/notifications/` (domain.md §9): notifications and preferences. Notifications are
+//! created by background jobs; their recipient may only mark them read or unread.
+//! Preferences are one row per user, defaults applying while a user has none.
+
+#[allow(clippy::module_inception)] // `/notifications/notifications/`, as upstream names it
+pub mod notifications;
+pub mod preferences;
 
 use salvo::prelude::*;
 
 /// The routes of this family.
 pub fn routes() -> Router {
     Router::new()
+        .push(
+            Router::with_path("notifications/notifications/")
+                .get(notifications::list)
+                .head(notifications::list)
+                .options(crate::api::meta("Notification List", "")),
+        )
+        .push(
+            Router::with_path("notifications/notifications/{id}/")
+                .get(notifications::retrieve)
+                .head(notifications::retrieve)
+                .patch(notifications::patch)
+                .options(crate::api::meta("Notification Instance", "")),
+        )
+        .push(super::collection!(
+            "notifications/preferences/",
+            preferences::list,
+            preferences::create,
+            "Preference List"
+        ))
+        .push(super::item!(
+            "notifications/preferences/{id}/",
+            preferences::retrieve,
+            preferences::put,
+            preferences::patch,
+            preferences::destroy,
+            "Preference Instance"
+        ))
 }
