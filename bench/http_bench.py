@@ -137,6 +137,19 @@ def seed(site, n_users, n_teams, seed_value):
         for k, u in enumerate(members):
             role = "OW" if k == 0 else rnd.choice(["AD", "MB", "MB"])
             rows.append("INSERT INTO users_membership (role, user_id, team_id) VALUES ('%s', %d, %d);" % (role, u, t))
+    for c in range(1, 5):
+        rows.append("INSERT INTO allocations_cluster (name, description, enabled, access_mode) VALUES ('cluster%d', 'Cluster %d', %s, 'OP');" % (c, c, true))
+    request_id = 0
+    for t in range(1, n_teams + 1):
+        for _ in range(5):
+            request_id += 1
+            status = rnd.choice(["PD", "AP", "AP", "DC", "CR"])
+            rows.append("INSERT INTO allocations_allocationrequest (title, description, submitted, active, expire, status, submitter_id, team_id) "
+                        "VALUES ('Request %d of team %d', 'A realistic description of the computing work planned.', '%s', '2026-01-01', '2027-01-01', '%s', %d, %d);"
+                        % (request_id, t, ts, status, rnd.randint(2, n_users + 1), t))
+            for c in rnd.sample(range(1, 5), rnd.randint(1, 3)):
+                rows.append("INSERT INTO allocations_resourceallocation (requested, awarded, final, cluster_id, request_id) VALUES (%d, %d, NULL, %d, %d);"
+                            % (rnd.randint(1000, 100000), rnd.randint(0, 50000), c, request_id))
     for uid in range(2, n_users + 2):
         rows.append("INSERT INTO auditlog_logentry (content_type, object_pk, object_id, object_repr, action, changes, changes_text, timestamp) "
                     "VALUES ('users | User', '%d', %d, 'User #%d', 0, '{\"username\": [\"None\", \"user%d\"]}', '', '%s');" % (uid, uid, uid, uid, ts))
