@@ -330,6 +330,23 @@ pub fn parse_ordered(
     tz: chrono_tz::Tz,
     default_order: &[(&str, bool)],
 ) -> Result<ListQuery, ApiError> {
+    let (query, errors) = parse_collect(params, spec, engine, tz, default_order);
+    if errors.is_empty() {
+        Ok(query)
+    } else {
+        Err(ApiError::Fields(errors))
+    }
+}
+
+/// Parses everything it can and returns the errors beside the query, so that callers can
+/// add the foreign-key errors and report all of them in one 400.
+fn parse_collect(
+    params: &[(String, String)],
+    spec: &ListSpec,
+    engine: Engine,
+    tz: chrono_tz::Tz,
+    default_order: &[(&str, bool)],
+) -> (ListQuery, Map<String, Json>) {
     let mut errors = Map::new();
     let mut limit = DEFAULT_LIMIT;
     let mut offset = 0;
@@ -515,9 +532,6 @@ pub fn parse_ordered(
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(ApiError::Fields(errors));
-    }
     if order.is_empty() {
         order.extend(default_order.iter().map(|(c, d)| (c.to_string(), *d)));
     }
@@ -527,13 +541,14 @@ pub fn parse_ordered(
         // Ties are broken by id so pages never overlap.
         order.push(("id".to_string(), false));
     }
-    Ok(ListQuery {
+    let query = ListQuery {
         limit,
         offset,
         order,
         condition: cond,
         fk_checks,
-    })
+    };
+    (query, errors)
 }
 
 fn value_i64(v: &Value) -> Option<i64> {
@@ -575,6 +590,20 @@ impl ListQuery {
     /// Rejects filters naming ids that do not exist in the referenced table.
     pub async fn check_foreign_keys(&self, db: &crate::db::Db) -> Result<(), ApiError> {
         let mut errors = Map::new();
+        self.foreign_key_errors(db, &mut errors).await?;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Fields(errors))
+        }
+    }
+
+    /// Adds an error for each foreign-key filter naming an id that does not exist.
+    async fn foreign_key_errors(
+        &self,
+        db: &crate::db::Db,
+        errors: &mut Map<String, Json>,
+    ) -> Result<(), ApiError> {
         for (param, table, ids) in &self.fk_checks {
             if ids.is_empty() {
                 continue;
@@ -589,18 +618,14 @@ impl ListQuery {
             let found: i64 = crate::db::fetch_scalar(db, &q).await?;
             if found != unique.len() as i64 {
                 add_error(
-                    &mut errors,
+                    errors,
                     param,
                     "Select a valid choice. That choice is not one of the available choices."
                         .into(),
                 );
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Fields(errors))
-        }
+        Ok(())
     }
 }
 
@@ -719,8 +744,11 @@ where
         + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
 {
     let params = query_pairs(req);
-    let query = parse_ordered(&params, spec, db.engine(), tz, default_order)?;
-    query.check_foreign_keys(db).await?;
+    let (query, mut errors) = parse_collect(&params, spec, db.engine(), tz, default_order);
+    query.foreign_key_errors(db, &mut errors).await?;
+    if !errors.is_empty() {
+        return Err(ApiError::Fields(errors));
+    }
     let mut count_q = sea_query::Query::select();
     count_q
         .expr(Expr::cust("COUNT(*)"))

@@ -240,9 +240,61 @@ pub fn routes() -> Router {
         ))
         .push(read_only!("config/", client_config::retrieve, "Config"))
         .push(logs::routes())
+        .push(roots())
         .push(allocations::routes())
         .push(research::routes())
         .push(notifications::routes())
         .push(stats::routes())
         .push(batch::routes())
+}
+
+/// Resource names of each router prefix, for the API roots (domain.md §1.1).
+const ROOTS: [(&str, &[&str]); 4] = [
+    ("users", &["memberships", "teams", "users"]),
+    (
+        "allocations",
+        &[
+            "allocations",
+            "attachments",
+            "clusters",
+            "comments",
+            "requests",
+            "reviews",
+        ],
+    ),
+    ("research", &["grants", "publications"]),
+    ("notifications", &["notifications", "preferences"]),
+];
+
+/// `GET /<prefix>/`: each resource name mapped to its absolute collection URL.
+#[handler]
+async fn api_root(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = context(depot).and_then(|(_, caller)| {
+        caller.require()?;
+        let prefix = req.uri().path().trim_matches('/').to_string();
+        let base = base_url(req);
+        let names = ROOTS
+            .iter()
+            .find(|(p, _)| *p == prefix)
+            .map(|(_, names)| *names)
+            .unwrap_or(&[]);
+        let map: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .map(|n| (n.to_string(), format!("{base}/{prefix}/{n}/").into()))
+            .collect();
+        Ok(serde_json::Value::Object(map))
+    });
+    respond(res, salvo::http::StatusCode::OK, result);
+}
+
+/// The API roots of the four router prefixes.
+pub fn roots() -> Router {
+    ROOTS.iter().fold(Router::new(), |r, (prefix, _)| {
+        r.push(
+            Router::with_path(format!("{prefix}/"))
+                .get(api_root)
+                .head(api_root)
+                .options(meta("Api Root", "")),
+        )
+    })
 }

@@ -1254,3 +1254,44 @@ fn logout_with_redis_revokes_across_web_processes() {
         assert_eq!(found, "1", "the revoked session id is kept in Redis");
     }
 }
+
+#[test]
+fn api_roots_link_each_collection() {
+    let w = World::new(Backend::Sqlite, &[]);
+    assert_eq!(w.call("ANON", "GET", "/users/", None).status, 401);
+    let users = w.call("MB", "GET", "/users/", None);
+    assert_eq!(users.status, 200);
+    assert_eq!(
+        users.json(),
+        json!({
+            "memberships": "http://localhost/users/memberships/",
+            "teams": "http://localhost/users/teams/",
+            "users": "http://localhost/users/users/"
+        })
+    );
+    let alloc = w.call("MB", "GET", "/allocations/", None).json();
+    assert_eq!(alloc["requests"], "http://localhost/allocations/requests/");
+    assert_eq!(
+        w.call("MB", "GET", "/research/", None).json()["grants"],
+        "http://localhost/research/grants/"
+    );
+    assert_eq!(
+        w.call("MB", "GET", "/notifications/", None).json()["preferences"],
+        "http://localhost/notifications/preferences/"
+    );
+    assert_eq!(w.call("MB", "POST", "/users/", None).status, 405);
+    // Unknown filters' id errors come with the other filter errors in one 400.
+    let r = w.call(
+        "STAFF",
+        "GET",
+        "/users/memberships/?role=XX&user=99999",
+        None,
+    );
+    assert_eq!(
+        r.json(),
+        json!({
+            "role": ["Select a valid choice. XX is not one of the available choices."],
+            "user": ["Select a valid choice. That choice is not one of the available choices."]
+        })
+    );
+}
