@@ -164,6 +164,36 @@ pub async fn record(
     Ok(())
 }
 
+/// Deletes one row of an audited table and records its `delete` entry, in one transaction.
+pub async fn delete_audited(
+    db: &Db,
+    ctx: &AuditContext,
+    content_type: &str,
+    table: &str,
+    id: i64,
+    repr: &str,
+    before: &Snapshot,
+) -> Result<(), DbError> {
+    let mut tx = db.begin().await?;
+    record(
+        &mut tx,
+        ctx,
+        content_type,
+        id,
+        repr,
+        Action::Delete,
+        changes(Some(before), None),
+    )
+    .await?;
+    let sql = format!("DELETE FROM {table} WHERE id = $1");
+    on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|_| ()))?;
+    tx.commit().await
+}
+
 #[derive(sqlx::FromRow)]
 struct EntryRow {
     id: i64,

@@ -454,32 +454,18 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         object_permission(&app.db, &caller, req.method(), &m).await?;
         let ctx = super::users::audit_context(req, depot);
         let text = repr(&app.db, &m).await?;
-        let mut tx = app.db.begin().await?;
-        audit::record(
-            &mut tx,
+        audit::delete_audited(
+            &app.db,
             &ctx,
             CONTENT_TYPE,
+            "users_membership",
             m.id,
             &text,
-            Action::Delete,
-            audit::changes(Some(&snapshot(&m)), None),
+            &snapshot(&m),
         )
         .await?;
-        on_tx!(&mut tx, |c| sqlx::query(
-            "DELETE FROM users_membership WHERE id = $1"
-        )
-        .bind(m.id)
-        .execute(c)
-        .await
-        .map(|_| ()))?;
-        tx.commit().await?;
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            res.status_code(StatusCode::NO_CONTENT);
-        }
-        Err(e) => e.render(res),
-    }
+    crate::api::no_content(res, result);
 }

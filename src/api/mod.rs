@@ -298,3 +298,13 @@ pub fn roots() -> Router {
         )
     })
 }
+
+/// 204 with an empty body, or the error.
+pub fn no_content(res: &mut Response, result: Result<(), ApiError>) {
+    match result {
+        Ok(()) => {
+            res.status_code(salvo::http::StatusCode::NO_CONTENT);
+        }
+        Err(e) => e.render(res),
+    }
+}

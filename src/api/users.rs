@@ -620,32 +620,20 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             // The deleted account cannot be the actor of its own deletion entry.
             ctx.actor = None;
         }
-        let mut tx = app.db.begin().await?;
-        audit::record(
-            &mut tx,
+        audit::delete_audited(
+            &app.db,
             &ctx,
             CONTENT_TYPE,
+            "users_user",
             target.id,
             &repr(&target),
-            Action::Delete,
-            audit::changes(Some(&snapshot(&target)), None),
+            &snapshot(&target),
         )
         .await?;
-        on_tx!(&mut tx, |conn| sqlx::query("DELETE FROM users_user WHERE id = $1")
-            .bind(target.id)
-            .execute(conn)
-            .await
-            .map(|_| ()))?;
-        tx.commit().await?;
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            res.status_code(StatusCode::NO_CONTENT);
-        }
-        Err(e) => e.render(res),
-    }
+    crate::api::no_content(res, result);
 }
 
 /// PROTECT references that block deleting a user: `'<Model>.<field>'` names.

@@ -695,34 +695,20 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let (app, caller) = context(depot)?;
         let a = writable(&app.db, &caller, path_id(req)?).await?;
         let ctx = crate::api::users::audit_context(req, depot);
-        let mut tx = app.db.begin().await?;
-        audit::record(
-            &mut tx,
+        audit::delete_audited(
+            &app.db,
             &ctx,
             CONTENT_TYPE,
+            "allocations_attachment",
             a.id,
             &repr(&a),
-            Action::Delete,
-            audit::changes(Some(&snapshot(&a)), None),
+            &snapshot(&a),
         )
         .await?;
-        on_tx!(&mut tx, |c| sqlx::query(
-            "DELETE FROM allocations_attachment WHERE id = $1"
-        )
-        .bind(a.id)
-        .execute(c)
-        .await
-        .map(|_| ()))?;
-        tx.commit().await?;
         remove_unreferenced(&app.db, &app.config, &a.file).await
     }
     .await;
-    match result {
-        Ok(()) => {
-            res.status_code(StatusCode::NO_CONTENT);
-        }
-        Err(e) => e.render(res),
-    }
+    crate::api::no_content(res, result);
 }
 
 /// Download a file attachment.

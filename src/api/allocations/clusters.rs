@@ -601,12 +601,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            res.status_code(StatusCode::NO_CONTENT);
-        }
-        Err(e) => e.render(res),
-    }
+    crate::api::no_content(res, result);
 }
 
 fn blocked() -> ApiError {

@@ -462,34 +462,20 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let c = accessible(&app.db, &caller, path_id(req)?).await?;
         let ctx = crate::api::users::audit_context(req, depot);
         let text = repr(&app.db, &c).await?;
-        let mut tx = app.db.begin().await?;
-        audit::record(
-            &mut tx,
+        audit::delete_audited(
+            &app.db,
             &ctx,
             CONTENT_TYPE,
+            "allocations_comment",
             c.id,
             &text,
-            Action::Delete,
-            audit::changes(Some(&snapshot(&c)), None),
+            &snapshot(&c),
         )
         .await?;
-        on_tx!(&mut tx, |conn| sqlx::query(
-            "DELETE FROM allocations_comment WHERE id = $1"
-        )
-        .bind(c.id)
-        .execute(conn)
-        .await
-        .map(|_| ()))?;
-        tx.commit().await?;
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            res.status_code(StatusCode::NO_CONTENT);
-        }
-        Err(e) => e.render(res),
-    }
+    crate::api::no_content(res, result);
 }
 
 /// The routes of this resource.

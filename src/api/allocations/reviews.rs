@@ -441,34 +441,20 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let (_, r) = staff_item(&app.db, &caller, path_id(req)?).await?;
         let ctx = crate::api::users::audit_context(req, depot);
         let text = repr(&app.db, &r).await?;
-        let mut tx = app.db.begin().await?;
-        audit::record(
-            &mut tx,
+        audit::delete_audited(
+            &app.db,
             &ctx,
             CONTENT_TYPE,
+            "allocations_allocationreview",
             r.id,
             &text,
-            Action::Delete,
-            audit::changes(Some(&snapshot(&r)), None),
+            &snapshot(&r),
         )
         .await?;
-        on_tx!(&mut tx, |c| sqlx::query(
-            "DELETE FROM allocations_allocationreview WHERE id = $1"
-        )
-        .bind(r.id)
-        .execute(c)
-        .await
-        .map(|_| ()))?;
-        tx.commit().await?;
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            res.status_code(StatusCode::NO_CONTENT);
-        }
-        Err(e) => e.render(res),
-    }
+    crate::api::no_content(res, result);
 }
 
 /// The routes of this resource.

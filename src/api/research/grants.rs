@@ -443,32 +443,18 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         check_body_team(&app.db, &caller, &body).await?;
         let g = accessible(&app.db, &caller, path_id(req)?).await?;
         let ctx = crate::api::users::audit_context(req, depot);
-        let mut tx = app.db.begin().await?;
-        audit::record(
-            &mut tx,
+        audit::delete_audited(
+            &app.db,
             &ctx,
             CONTENT_TYPE,
+            "research_products_grant",
             g.id,
             &repr(&g),
-            Action::Delete,
-            audit::changes(Some(&snapshot(&g)), None),
+            &snapshot(&g),
         )
         .await?;
-        on_tx!(&mut tx, |c| sqlx::query(
-            "DELETE FROM research_products_grant WHERE id = $1"
-        )
-        .bind(g.id)
-        .execute(c)
-        .await
-        .map(|_| ()))?;
-        tx.commit().await?;
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            res.status_code(StatusCode::NO_CONTENT);
-        }
-        Err(e) => e.render(res),
-    }
+    crate::api::no_content(res, result);
 }
