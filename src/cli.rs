@@ -104,6 +104,20 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Background tasks: list the catalogue and schedules, run one now, show dead letters
+    #[command(subcommand)]
+    Task(crate::tasks::cli::TaskCommand),
+    /// LDAP directory: `sync` creates, updates and deactivates accounts from it
+    #[command(subcommand)]
+    Ldap(LdapCommand),
+    /// Notification templates: `render` writes sample messages to preview them
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+    /// Fill the database with realistic random demo data (deterministic with --seed)
+    Seed(crate::seed::SeedArgs),
+    /// Upstream name of `seed`
+    #[command(hide = true)]
+    Genseeddata(crate::seed::SeedArgs),
     /// Print the version string
     Version,
     /// No-op kept for upgrade scripts written for upstream (there are no static files)
@@ -200,6 +214,29 @@ pub enum ConfigCommand {
         /// Also connect to the database and Redis
         #[arg(long)]
         connect: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LdapCommand {
+    /// Synchronise accounts with the directory once, now (prints what changed)
+    Sync {
+        /// Enqueue the task for a worker instead of running it here; prints its task id
+        #[arg(long)]
+        queue: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// Write sample upcoming-expiry, past-expiry and general messages as .eml files
+    Render {
+        /// Directory to write into (default: the current directory)
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Template directory to render (default: email.template_dir, else the built-in ones)
+        #[arg(long, value_name = "DIR")]
+        templates: Option<PathBuf>,
     },
 }
 
@@ -322,6 +359,16 @@ pub fn run(cli: Cli) -> ExitCode {
             args.superuser = true;
             crate::admin::run_user(c, &crate::admin::UserCommand::Create(args))
         }),
+        Command::Task(cmd) => with_config(&cli, |c| crate::tasks::cli::run(c, cmd)),
+        Command::Ldap(LdapCommand::Sync { queue }) => {
+            with_config(&cli, |c| crate::tasks::ldap_sync::cli_sync(c, *queue))
+        }
+        Command::Templates(TemplatesCommand::Render { out, templates }) => with_config(&cli, |c| {
+            crate::mail::render_samples(c, out.as_deref(), templates.as_deref())
+        }),
+        Command::Seed(args) | Command::Genseeddata(args) => {
+            with_config(&cli, |c| crate::seed::run(c, args))
+        }
         Command::Migrate(args) => run_migrate(&cli, args),
         Command::Serve(args) => run_serve(&cli, args),
         Command::Quickstart(args) => crate::quickstart::run(&cli, args),
