@@ -157,12 +157,13 @@ pub async fn serve(
                 config: config.clone(),
                 db: db.clone(),
                 secret_key: secret_key.clone(),
-                throttle: crate::throttle::connect(config.redis_url()).await,
-                revocations: crate::sessions::Revocations::connect(db.clone(), config.redis_url())
-                    .await,
+                throttle: Arc::new(crate::throttle::connect(config.redis_url()).await),
+                revocations: Arc::new(
+                    crate::sessions::Revocations::connect(db.clone(), config.redis_url()).await,
+                ),
                 request_log: request_log.clone(),
                 health: Arc::new(HealthChecker::new(config.clone(), db.clone())),
-                openapi: http::openapi::documents(&http::router()),
+                openapi: Arc::new(http::openapi::documents(&http::router())),
             });
             status.push(format!("listening on {}", listener.describe()));
             Some(start_http(listener, http::service(state)).await?)

@@ -18,6 +18,14 @@ fn key(jti: &str) -> String {
 }
 
 impl Revocations {
+    /// The same revocation store, writing its rows through `db` (a batch's transaction).
+    pub fn on(&self, db: Db) -> Revocations {
+        Revocations {
+            db,
+            redis: self.redis.clone(),
+        }
+    }
+
     /// Connects to Redis when a URL is given; without one (or when it is down) the table
     /// alone is used.
     pub async fn connect(db: Db, redis_url: Option<String>) -> Revocations {

@@ -29,22 +29,73 @@ pub fn known_migrations(engine: Engine) -> Vec<(i64, String)> {
         .collect()
 }
 
-/// A connection pool for the configured backend.
-#[derive(Clone, Debug)]
+/// A connection pool for the configured backend, or one open transaction that every query
+/// goes through (a `/batch/` job: its steps see each other's writes and commit or roll back
+/// together).
+#[derive(Clone)]
 pub enum Db {
     Postgres(PgPool),
     Sqlite(SqlitePool),
+    PostgresPinned(Pinned<sqlx::Postgres>),
+    SqlitePinned(Pinned<sqlx::Sqlite>),
+}
+
+/// A transaction shared by the steps of a batch; each statement holds the lock only while
+/// it runs.
+pub type Pinned<DB> = std::sync::Arc<Shared<DB>>;
+
+/// The shared transaction, and the stored files whose fate depends on how it ends.
+pub struct Shared<DB: sqlx::Database> {
+    pub tx: tokio::sync::Mutex<sqlx::Transaction<'static, DB>>,
+    /// Upload-relative files to delete once the transaction commits (deleted records).
+    on_commit: std::sync::Mutex<Vec<String>>,
+    /// Upload-relative files to delete if it rolls back (records created inside it).
+    on_rollback: std::sync::Mutex<Vec<String>>,
+}
+
+impl<DB: sqlx::Database> Shared<DB> {
+    fn new(tx: sqlx::Transaction<'static, DB>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Shared {
+            tx: tokio::sync::Mutex::new(tx),
+            on_commit: Default::default(),
+            on_rollback: Default::default(),
+        })
+    }
+}
+
+/// Files to remove from storage after a pinned transaction ended.
+pub type Leftovers = Vec<String>;
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Db::Postgres(p) => f.debug_tuple("Postgres").field(p).finish(),
+            Db::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Db::PostgresPinned(_) => f.write_str("PostgresPinned"),
+            Db::SqlitePinned(_) => f.write_str("SqlitePinned"),
+        }
+    }
 }
 
 /// Runs the same expression against whichever pool `db` holds; the expression is compiled
 /// once per backend, so one query text serves both (use `$1`-style placeholders, which SQLite
-/// also understands).
+/// also understands). In a pinned transaction `$pool` is the transaction's connection.
 #[macro_export]
 macro_rules! on_db {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
             $crate::db::Db::Postgres($pool) => $body,
             $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::PostgresPinned(pinned) => {
+                let mut guard = pinned.tx.lock().await;
+                let $pool = &mut **guard;
+                $body
+            }
+            $crate::db::Db::SqlitePinned(pinned) => {
+                let mut guard = pinned.tx.lock().await;
+                let $pool = &mut **guard;
+                $body
+            }
         }
     };
 }
@@ -176,9 +227,89 @@ impl Db {
 
     pub fn engine(&self) -> Engine {
         match self {
-            Db::Postgres(_) => Engine::Postgres,
-            Db::Sqlite(_) => Engine::Sqlite,
+            Db::Postgres(_) | Db::PostgresPinned(_) => Engine::Postgres,
+            Db::Sqlite(_) | Db::SqlitePinned(_) => Engine::Sqlite,
         }
+    }
+
+    /// Whether queries go through one shared transaction (inside a batch).
+    pub fn is_pinned(&self) -> bool {
+        matches!(self, Db::PostgresPinned(_) | Db::SqlitePinned(_))
+    }
+
+    /// Opens a transaction that becomes a `Db` of its own: every query and every nested
+    /// `begin` on the returned handle runs inside it. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`), so a step that reads and then writes cannot fail to
+    /// upgrade its lock.
+    pub async fn pin(&self) -> Result<Db, DbError> {
+        Ok(match self {
+            Db::Postgres(p) => Db::PostgresPinned(Shared::new(p.begin().await?)),
+            Db::Sqlite(p) => Db::SqlitePinned(Shared::new(p.begin_with("BEGIN IMMEDIATE").await?)),
+            Db::PostgresPinned(_) | Db::SqlitePinned(_) => self.clone(),
+        })
+    }
+
+    /// Ends a transaction opened by [`Db::pin`]: commits it when `commit`, else rolls it
+    /// back. Returns the stored files that are now orphaned, for the caller to remove.
+    /// Fails (and rolls back, by dropping) when another handle to it is still alive.
+    pub async fn finish(self, commit: bool) -> Result<Leftovers, DbError> {
+        async fn end<DB: sqlx::Database>(
+            p: Pinned<DB>,
+            commit: bool,
+        ) -> Result<Leftovers, DbError> {
+            let shared = std::sync::Arc::try_unwrap(p)
+                .map_err(|_| DbError::Schema("the batch transaction is still in use".into()))?;
+            let t = shared.tx.into_inner();
+            let list = if commit {
+                shared.on_commit
+            } else {
+                shared.on_rollback
+            };
+            if commit {
+                t.commit().await?;
+            } else {
+                t.rollback().await?;
+            }
+            Ok(list.into_inner().unwrap_or_default())
+        }
+        match self {
+            Db::PostgresPinned(p) => end(p, commit).await,
+            Db::SqlitePinned(p) => end(p, commit).await,
+            Db::Postgres(_) | Db::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Stored files of records deleted in this transaction: inside a batch they are kept
+    /// until it commits (returns true); otherwise the caller removes them now (false).
+    pub fn defer_removal(&self, files: &[String]) -> bool {
+        let list = match self {
+            Db::PostgresPinned(p) => &p.on_commit,
+            Db::SqlitePinned(p) => &p.on_commit,
+            Db::Postgres(_) | Db::Sqlite(_) => return false,
+        };
+        if let Ok(mut l) = list.lock() {
+            l.extend(files.iter().cloned());
+        }
+        true
+    }
+
+    /// A stored file written for a record created in this transaction: inside a batch it
+    /// is removed again if the batch rolls back.
+    pub fn remove_on_rollback(&self, file: &str) {
+        let list = match self {
+            Db::PostgresPinned(p) => &p.on_rollback,
+            Db::SqlitePinned(p) => &p.on_rollback,
+            Db::Postgres(_) | Db::Sqlite(_) => return,
+        };
+        if let Ok(mut l) = list.lock() {
+            l.push(file.to_string());
+        }
+    }
+
+    /// Runs one statement on the connection (savepoints of nested batches).
+    pub async fn execute_raw(&self, sql: &'static str) -> Result<(), DbError> {
+        on_db!(self, |p| sqlx::query(sql).execute(p).await.map(|_| ()))?;
+        Ok(())
     }
 
     fn migrator(&self) -> &'static Migrator {
@@ -198,11 +329,11 @@ impl Db {
     }
 
     pub async fn schema_status(&self) -> Result<SchemaStatus, DbError> {
-        let exists_sql = match self {
-            Db::Postgres(_) => {
+        let exists_sql = match self.engine() {
+            Engine::Postgres => {
                 "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()"
             }
-            Db::Sqlite(_) => {
+            Engine::Sqlite => {
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
             }
         };
@@ -259,13 +390,49 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        on_db!(self, |p| p.close().await)
+        match self {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+            Db::PostgresPinned(_) | Db::SqlitePinned(_) => {}
+        }
     }
 
     /// Connections in use and idle, for metrics and status lines.
     pub fn pool_usage(&self) -> (u32, usize) {
-        on_db!(self, |p| (p.size(), p.num_idle()))
+        match self {
+            Db::Postgres(p) => (p.size(), p.num_idle()),
+            Db::Sqlite(p) => (p.size(), p.num_idle()),
+            Db::PostgresPinned(_) | Db::SqlitePinned(_) => (1, 0),
+        }
     }
+}
+
+/// Like `on_db!`, also naming the sea-query builder of the backend.
+macro_rules! on_backend {
+    ($db:expr, |$pool:ident, $builder:ident| $body:expr) => {
+        match $db {
+            Db::Postgres($pool) => {
+                let $builder = sea_query::PostgresQueryBuilder;
+                $body
+            }
+            Db::Sqlite($pool) => {
+                let $builder = sea_query::SqliteQueryBuilder;
+                $body
+            }
+            Db::PostgresPinned(pinned) => {
+                let mut guard = pinned.tx.lock().await;
+                let $pool = &mut **guard;
+                let $builder = sea_query::PostgresQueryBuilder;
+                $body
+            }
+            Db::SqlitePinned(pinned) => {
+                let mut guard = pinned.tx.lock().await;
+                let $pool = &mut **guard;
+                let $builder = sea_query::SqliteQueryBuilder;
+                $body
+            }
+        }
+    };
 }
 
 /// Runs a sea-query select returning one value.
@@ -279,20 +446,12 @@ where
         + sqlx::Type<sqlx::Sqlite>,
 {
     use sea_query_sqlx::SqlxBinder;
-    Ok(match db {
-        Db::Postgres(p) => {
-            let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
-            sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
-                .fetch_one(p)
-                .await?
-        }
-        Db::Sqlite(p) => {
-            let (sql, values) = q.build_sqlx(sea_query::SqliteQueryBuilder);
-            sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
-                .fetch_one(p)
-                .await?
-        }
-    })
+    Ok(on_backend!(db, |p, builder| {
+        let (sql, values) = q.build_sqlx(builder);
+        sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
+            .fetch_one(p)
+            .await?
+    }))
 }
 
 /// Runs a sea-query select into rows of `T` (a `sqlx::FromRow` for both backends).
@@ -304,46 +463,33 @@ where
         + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
 {
     use sea_query_sqlx::SqlxBinder;
-    Ok(match db {
-        Db::Postgres(p) => {
-            let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
-            sqlx::query_as_with(sqlx::AssertSqlSafe(sql), values)
-                .fetch_all(p)
-                .await?
-        }
-        Db::Sqlite(p) => {
-            let (sql, values) = q.build_sqlx(sea_query::SqliteQueryBuilder);
-            sqlx::query_as_with(sqlx::AssertSqlSafe(sql), values)
-                .fetch_all(p)
-                .await?
-        }
-    })
+    Ok(on_backend!(db, |p, builder| {
+        let (sql, values) = q.build_sqlx(builder);
+        sqlx::query_as_with(sqlx::AssertSqlSafe(sql), values)
+            .fetch_all(p)
+            .await?
+    }))
 }
 
 /// Runs a sea-query insert.
 pub async fn execute_insert(db: &Db, q: &sea_query::InsertStatement) -> Result<(), DbError> {
     use sea_query_sqlx::SqlxBinder;
-    match db {
-        Db::Postgres(p) => {
-            let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
-            sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
-                .execute(p)
-                .await?;
-        }
-        Db::Sqlite(p) => {
-            let (sql, values) = q.build_sqlx(sea_query::SqliteQueryBuilder);
-            sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
-                .execute(p)
-                .await?;
-        }
-    }
+    on_backend!(db, |p, builder| {
+        let (sql, values) = q.build_sqlx(builder);
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+            .execute(p)
+            .await?;
+    });
     Ok(())
 }
 
-/// A transaction on either backend.
+/// A transaction on either backend. Inside a batch it is the batch's own transaction:
+/// committing it is a no-op, the batch commits or rolls back everything at its end.
 pub enum Tx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    PostgresPinned(Pinned<sqlx::Postgres>),
+    SqlitePinned(Pinned<sqlx::Sqlite>),
 }
 
 /// Like `on_db!`, for a transaction: `$conn` is a `&mut` connection of the right backend.
@@ -359,6 +505,16 @@ macro_rules! on_tx {
                 let $conn = &mut **t;
                 $body
             }
+            $crate::db::Tx::PostgresPinned(pinned) => {
+                let mut guard = pinned.tx.lock().await;
+                let $conn = &mut **guard;
+                $body
+            }
+            $crate::db::Tx::SqlitePinned(pinned) => {
+                let mut guard = pinned.tx.lock().await;
+                let $conn = &mut **guard;
+                $body
+            }
         }
     };
 }
@@ -368,6 +524,8 @@ impl Db {
         Ok(match self {
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
             Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::PostgresPinned(p) => Tx::PostgresPinned(p.clone()),
+            Db::SqlitePinned(p) => Tx::SqlitePinned(p.clone()),
         })
     }
 }
@@ -377,14 +535,15 @@ impl Tx {
         match self {
             Tx::Postgres(t) => t.commit().await?,
             Tx::Sqlite(t) => t.commit().await?,
+            Tx::PostgresPinned(_) | Tx::SqlitePinned(_) => {}
         }
         Ok(())
     }
 
     pub fn engine(&self) -> Engine {
         match self {
-            Tx::Postgres(_) => Engine::Postgres,
-            Tx::Sqlite(_) => Engine::Sqlite,
+            Tx::Postgres(_) | Tx::PostgresPinned(_) => Engine::Postgres,
+            Tx::Sqlite(_) | Tx::SqlitePinned(_) => Engine::Sqlite,
         }
     }
 }

@@ -125,7 +125,11 @@ pub async fn authenticate(
     if depot.get_typed::<Cid>().is_err() {
         depot.insert_typed(Cid(correlation_id(req)));
     }
-    let outcome = identify(req, &app).await;
+    // Steps of a batch carry the batch caller's identity (no cookies, no CSRF).
+    let outcome = match depot.get_typed::<Delegated>() {
+        Ok(d) => Ok(d.0.clone()),
+        Err(_) => identify(req, &app).await,
+    };
     let caller = match outcome {
         Ok(c) => c,
         Err(e) => {
@@ -150,6 +154,10 @@ pub async fn authenticate(
     depot.insert_typed(caller);
     ctrl.call_next(req, depot, res).await;
 }
+
+/// The identity a `/batch/` step runs as: the authenticated caller of the batch request.
+#[derive(Debug, Clone)]
+pub struct Delegated(pub Caller);
 
 async fn identify(req: &Request, app: &super::AppState) -> Result<Caller, ApiError> {
     if let Some(result) = token_user(req, &app.db).await {

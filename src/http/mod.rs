@@ -19,19 +19,21 @@ use std::sync::Arc;
 
 pub use unix::InheritedUnixAcceptor;
 
-/// Everything a handler needs, injected into every request's depot.
+/// Everything a handler needs, injected into every request's depot. Cheap to clone: a
+/// `/batch/` job runs its steps with a copy whose `db` is the job's transaction.
+#[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     /// Signing key of session tokens.
     pub secret_key: Option<String>,
-    pub throttle: crate::throttle::Throttle,
+    pub throttle: Arc<crate::throttle::Throttle>,
     /// Logged-out sessions.
-    pub revocations: crate::sessions::Revocations,
+    pub revocations: Arc<crate::sessions::Revocations>,
     /// Request logging (None disables it, e.g. in benchmarks of the bare stack).
     pub request_log: Option<request_log::RequestLog>,
     pub health: Arc<HealthChecker>,
-    pub openapi: openapi::Documents,
+    pub openapi: Arc<openapi::Documents>,
 }
 
 /// Fetches the shared state from the depot (present on every route by construction).
@@ -166,7 +168,7 @@ impl Writer for ApiError {
 }
 
 /// Injects the shared state.
-struct InjectState(Arc<AppState>);
+pub(crate) struct InjectState(pub(crate) Arc<AppState>);
 
 #[async_trait]
 impl Handler for InjectState {
@@ -395,6 +397,12 @@ async fn cors(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &m
 /// Gives framework-generated errors (unknown path, wrong method, panics) upstream's bodies.
 #[handler]
 async fn json_errors(req: &Request, res: &mut Response, ctrl: &mut FlowCtrl) {
+    render_framework_error(req, res);
+    ctrl.skip_rest();
+}
+
+/// Renders the status the framework set (404, 405, 413, 5xx) as upstream's JSON body.
+pub(crate) fn render_framework_error(req: &Request, res: &mut Response) {
     let status = res.status_code.unwrap_or(StatusCode::NOT_FOUND);
     let error = match status {
         StatusCode::NOT_FOUND => ApiError::not_found(),
@@ -411,7 +419,6 @@ async fn json_errors(req: &Request, res: &mut Response, ctrl: &mut FlowCtrl) {
     if let Some(allow) = allow {
         res.headers_mut().insert(header::ALLOW, allow);
     }
-    ctrl.skip_rest();
 }
 
 /// All routes. Kept free of state so the OpenAPI document can be generated from it alone.

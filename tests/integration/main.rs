@@ -6,6 +6,7 @@ mod common;
 mod accounts;
 mod allocations_core;
 mod attachments_comments;
+mod batch;
 mod cli;
 mod daemon;
 mod http_base;

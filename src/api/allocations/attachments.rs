@@ -546,7 +546,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let (Some(upload), Some(request_id)) = (input.upload, input.request) else {
             return Err(ApiError::Internal);
         };
-        let file = store_upload(&app.config, &upload).await?;
+        let file = store_upload(&app.db, &app.config, &upload).await?;
         let mut row = AttachmentRow {
             id: 0,
             file: file.clone(),
@@ -582,7 +582,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         }
         .await;
         if let Err(e) = saved {
-            remove_files(&app.config, std::slice::from_ref(&file)).await;
+            remove_files(&app.db, &app.config, std::slice::from_ref(&file)).await;
             return Err(e);
         }
         represent_one(&app.db, &row).await
@@ -597,7 +597,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     let body = body::read(req).await?;
     let input = validate(req, &app.db, &app.config, &body, partial).await?;
     let new_file = match &input.upload {
-        Some(upload) => Some(store_upload(&app.config, upload).await?),
+        Some(upload) => Some(store_upload(&app.db, &app.config, upload).await?),
         None => None,
     };
     let after = AttachmentRow {
@@ -639,7 +639,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     .await;
     match (saved, new_file) {
         (Err(e), Some(file)) => {
-            remove_files(&app.config, &[file]).await;
+            remove_files(&app.db, &app.config, &[file]).await;
             return Err(e);
         }
         (Err(e), None) => return Err(e),
@@ -851,26 +851,31 @@ pub async fn stored_files(tx: &mut Tx, request_ids: &[i64]) -> Result<Vec<String
         .and_where(Expr::col(Alias::new("request_id")).is_in(request_ids.to_vec()))
         .order_by(Alias::new("id"), sea_query::Order::Asc);
     use sea_query_sqlx::SqlxBinder;
-    let files: Vec<String> = match tx {
-        Tx::Postgres(t) => {
-            let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
-            sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
-                .fetch_all(&mut **t)
-                .await?
-        }
-        Tx::Sqlite(t) => {
-            let (sql, values) = q.build_sqlx(sea_query::SqliteQueryBuilder);
-            sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
-                .fetch_all(&mut **t)
-                .await?
-        }
-    };
+    let engine = tx.engine();
+    let files: Vec<String> = crate::on_tx!(tx, |conn| {
+        let (sql, values) = match engine {
+            crate::config::Engine::Postgres => q.build_sqlx(sea_query::PostgresQueryBuilder),
+            crate::config::Engine::Sqlite => q.build_sqlx(sea_query::SqliteQueryBuilder),
+        };
+        sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
+            .fetch_all(conn)
+            .await?
+    });
     Ok(files)
 }
 
 /// Removes stored files (values of `file`); anything not directly inside
-/// `<upload.dir>/allocations/` is left alone. Failures are logged, never returned.
-pub async fn remove_files(config: &Config, files: &[String]) {
+/// `<upload.dir>/allocations/` is left alone. Failures are logged, never returned. Inside a
+/// batch the removal waits for the batch to commit (a rolled-back batch keeps them).
+pub async fn remove_files(db: &Db, config: &Config, files: &[String]) {
+    if db.defer_removal(files) {
+        return;
+    }
+    remove_stored(config, files).await;
+}
+
+/// Removes stored files now, whatever transaction is open.
+pub async fn remove_stored(config: &Config, files: &[String]) {
     let files = files.to_vec();
     let root = config.upload_dir();
     let _ = tokio::task::spawn_blocking(move || {
@@ -904,7 +909,7 @@ async fn remove_unreferenced(db: &Db, config: &Config, file: &str) -> Result<(),
     .fetch_one(p)
     .await)?;
     if still == 0 {
-        remove_files(config, &[file.to_string()]).await;
+        remove_files(db, config, &[file.to_string()]).await;
     }
     Ok(())
 }
@@ -1098,17 +1103,20 @@ fn read_stored(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(content)
 }
 
-async fn store_upload(config: &Config, upload: &Upload) -> Result<String, ApiError> {
+/// Stores an upload; inside a batch it is removed again if the batch rolls back.
+async fn store_upload(db: &Db, config: &Config, upload: &Upload) -> Result<String, ApiError> {
     let root = config.upload_dir();
     let temp = upload.temp.clone();
     let ext = upload.ext;
-    tokio::task::spawn_blocking(move || Storage::open(&root, true)?.store(&temp, ext))
+    let file = tokio::task::spawn_blocking(move || Storage::open(&root, true)?.store(&temp, ext))
         .await
         .map_err(|_| ApiError::Internal)?
         .map_err(|e| {
             tracing::error!("cannot store an attachment: {e}");
             ApiError::Internal
-        })
+        })?;
+    db.remove_on_rollback(&file);
+    Ok(file)
 }
 
 // ---------------------------------------------------------------------------------------

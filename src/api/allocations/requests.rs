@@ -1166,7 +1166,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         .await
         .map(|_| ()))?;
         tx.commit().await?;
-        super::attachments::remove_files(&app.config, &files).await;
+        super::attachments::remove_files(&app.db, &app.config, &files).await;
         Ok(())
     }
     .await;

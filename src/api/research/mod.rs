@@ -117,20 +117,13 @@ pub async fn audit_cascaded_team(
     ctx: &AuditContext,
     team_id: i64,
 ) -> Result<(), ApiError> {
-    let grants: Vec<grants::GrantRow> = match tx {
-        Tx::Postgres(t) => {
-            sqlx::query_as(grants::SELECT_BY_TEAM_PG)
-                .bind(team_id)
-                .fetch_all(&mut **t)
-                .await?
-        }
-        Tx::Sqlite(t) => {
-            sqlx::query_as(grants::SELECT_BY_TEAM_SQLITE)
-                .bind(team_id)
-                .fetch_all(&mut **t)
-                .await?
-        }
+    let sql = match tx.engine() {
+        crate::config::Engine::Postgres => grants::SELECT_BY_TEAM_PG,
+        crate::config::Engine::Sqlite => grants::SELECT_BY_TEAM_SQLITE,
     };
+    let grants: Vec<grants::GrantRow> = crate::on_tx!(tx, |conn| {
+        sqlx::query_as(sql).bind(team_id).fetch_all(conn).await?
+    });
     for g in &grants {
         audit::record(
             tx,
