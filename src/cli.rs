@@ -525,6 +525,7 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_exit(&e),
     };
+    daemon::set_role(args.role.name());
     daemon::init_logging(&config, cli.log_level.as_deref());
     if let Err(e) = serve::precheck(&config, args.role) {
         eprintln!("keystone: {e}");

@@ -31,7 +31,20 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
+/// The role this process runs, sent with every journald record as `KEYSTONE_ROLE`.
+static ROLE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Names the process's role (`web`, `worker`, `beat`, `all`) before logging starts;
+/// one-shot commands stay `cli`.
+pub fn set_role(role: &'static str) {
+    let _ = ROLE.set(role);
+}
+
 /// Installs the global subscriber. `level` overrides `logging.level` (the `--log-level` flag).
+///
+/// Under journald every record carries `KEYSTONE_ROLE`, and the fields of the spans it was
+/// logged in: `KEYSTONE_CID` and `KEYSTONE_USER_ID` for requests, `KEYSTONE_TASK` and
+/// `KEYSTONE_TASK_ID` for task runs.
 pub fn init_logging(config: &Config, level: Option<&str>) {
     let level = level.unwrap_or(&config.settings.logging.level);
     let directive = level_filter(level).unwrap_or("warn");
@@ -46,9 +59,11 @@ pub fn init_logging(config: &Config, level: Option<&str>) {
     if stderr_is_journal()
         && let Ok(layer) = tracing_journald::layer()
     {
+        let role = ROLE.get().copied().unwrap_or("cli");
         let layer = layer
             .with_syslog_identifier("keystone".into())
-            .with_field_prefix(None);
+            .with_field_prefix(None)
+            .with_custom_fields([("KEYSTONE_ROLE", role)]);
         let _ = registry.with(layer).try_init();
         return;
     }

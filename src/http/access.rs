@@ -151,6 +151,9 @@ pub async fn authenticate(
         ctrl.skip_rest();
         return;
     }
+    if let Some(id) = caller.id() {
+        tracing::Span::current().record("keystone_user_id", id);
+    }
     depot.insert_typed(caller);
     ctrl.call_next(req, depot, res).await;
 }

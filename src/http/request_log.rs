@@ -3,6 +3,7 @@
 //! arrived meanwhile, so there is no database round trip per request. A failed or stalled
 //! store releases the waiting responses anyway and counts the loss.
 
+use tracing::Instrument;
 use super::access::{Cid, correlation_id};
 use super::state;
 use crate::api::Caller;
@@ -185,7 +186,23 @@ pub async fn log_requests(
         .chars()
         .take(2048)
         .collect();
-    ctrl.call_next(req, depot, res).await;
+    // Every record logged while handling the request carries its cid and, once known,
+    // the caller's id (journald fields KEYSTONE_CID, KEYSTONE_USER_ID). ERROR level, so the
+    // span exists whatever the configured level.
+    let span = tracing::error_span!(
+        "request",
+        keystone_cid = %cid,
+        keystone_user_id = tracing::field::Empty
+    );
+    let started = std::time::Instant::now();
+    ctrl.call_next(req, depot, res).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            "{method} {endpoint} {} ({} ms)",
+            res.status_code.unwrap_or(salvo::http::StatusCode::OK).as_u16(),
+            started.elapsed().as_millis()
+        )
+    });
     let Ok(app) = state(depot).cloned() else {
         return;
     };

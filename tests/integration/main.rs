@@ -10,6 +10,7 @@ mod batch;
 mod cli;
 mod daemon;
 mod http_base;
+mod journald;
 mod ldap;
 mod logs;
 mod research_notifications;
