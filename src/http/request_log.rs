@@ -3,7 +3,6 @@
 //! arrived meanwhile, so there is no database round trip per request. A failed or stalled
 //! store releases the waiting responses anyway and counts the loss.
 
-use tracing::Instrument;
 use super::access::{Cid, correlation_id};
 use super::state;
 use crate::api::Caller;
@@ -15,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// One row of `logging_requestlog`.
 #[derive(Debug, Clone)]
@@ -195,11 +195,15 @@ pub async fn log_requests(
         keystone_user_id = tracing::field::Empty
     );
     let started = std::time::Instant::now();
-    ctrl.call_next(req, depot, res).instrument(span.clone()).await;
+    ctrl.call_next(req, depot, res)
+        .instrument(span.clone())
+        .await;
     span.in_scope(|| {
         tracing::info!(
             "{method} {endpoint} {} ({} ms)",
-            res.status_code.unwrap_or(salvo::http::StatusCode::OK).as_u16(),
+            res.status_code
+                .unwrap_or(salvo::http::StatusCode::OK)
+                .as_u16(),
             started.elapsed().as_millis()
         )
     });

@@ -114,7 +114,15 @@ fn journald_records_carry_role_cid_and_user() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = site
-        .command(&["--log-level", "info", "serve", "--role", "web", "--bind", &addr])
+        .command(&[
+            "--log-level",
+            "info",
+            "serve",
+            "--role",
+            "web",
+            "--bind",
+            &addr,
+        ])
         .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
         .stdout(std::process::Stdio::null())
         .stderr(err_file)
@@ -159,9 +167,16 @@ fn journald_records_carry_role_cid_and_user() {
             records.len()
         )
     });
-    assert_eq!(rec.get("KEYSTONE_ROLE").map(String::as_str), Some("web"), "{rec:?}");
+    assert_eq!(
+        rec.get("KEYSTONE_ROLE").map(String::as_str),
+        Some("web"),
+        "{rec:?}"
+    );
     assert_eq!(rec.get("KEYSTONE_USER_ID"), Some(&user_id), "{rec:?}");
-    assert_eq!(rec.get("SYSLOG_IDENTIFIER").map(String::as_str), Some("keystone"));
+    assert_eq!(
+        rec.get("SYSLOG_IDENTIFIER").map(String::as_str),
+        Some("keystone")
+    );
     assert!(
         rec.get("MESSAGE")
             .is_some_and(|m| m.contains("GET /authentication/whoami/ 200")),
@@ -169,10 +184,10 @@ fn journald_records_carry_role_cid_and_user() {
     );
     // Records of the start-up also name the role, but no request.
     assert!(
-        records
-            .iter()
-            .any(|r| r.get("KEYSTONE_ROLE").map(String::as_str) == Some("web")
-                && !r.contains_key("KEYSTONE_CID")),
+        records.iter().any(
+            |r| r.get("KEYSTONE_ROLE").map(String::as_str) == Some("web")
+                && !r.contains_key("KEYSTONE_CID")
+        ),
         "{records:?}"
     );
     // Nothing went to the stderr file: records went to the journal socket.
