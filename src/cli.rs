@@ -224,6 +224,10 @@ pub enum LdapCommand {
         /// Enqueue the task for a worker instead of running it here; prints its task id
         #[arg(long)]
         queue: bool,
+        /// Apply the sync even when it would deactivate more than
+        /// ldap.max_deactivate_fraction of the LDAP accounts or the directory returned no users
+        #[arg(long, conflicts_with = "queue")]
+        force: bool,
     },
 }
 
@@ -360,9 +364,9 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::admin::run_user(c, &crate::admin::UserCommand::Create(args))
         }),
         Command::Task(cmd) => with_config(&cli, |c| crate::tasks::cli::run(c, cmd)),
-        Command::Ldap(LdapCommand::Sync { queue }) => {
-            with_config(&cli, |c| crate::tasks::ldap_sync::cli_sync(c, *queue))
-        }
+        Command::Ldap(LdapCommand::Sync { queue, force }) => with_config(&cli, |c| {
+            crate::tasks::ldap_sync::cli_sync(c, *queue, *force)
+        }),
         Command::Templates(TemplatesCommand::Render { out, templates }) => with_config(&cli, |c| {
             crate::mail::render_samples(c, out.as_deref(), templates.as_deref())
         }),

@@ -52,7 +52,15 @@ fn describe() {
         metrics::Unit::Seconds,
         "Run time of background tasks, by task name"
     );
-    metrics::describe_gauge!("keystone_queue_depth", "Tasks waiting in the queue");
+    metrics::describe_gauge!(
+        "keystone_queue_depth",
+        "Tasks in the queue, by state (ready: waiting for a worker, delayed: retries waiting \
+         for their backoff, unacked: handed to a worker and not finished)"
+    );
+    metrics::describe_gauge!(
+        "keystone_tasks_running",
+        "Tasks this worker process is running now"
+    );
     metrics::describe_gauge!(
         "keystone_request_log_dropped",
         "Request-log records that could not be stored since start"
@@ -92,6 +100,31 @@ pub async fn http_metrics(
         .increment(1);
     metrics::histogram!("keystone_http_request_duration_seconds", "method" => method, "route" => route)
         .record(start.elapsed().as_secs_f64());
+}
+
+/// Counts one finished task attempt (`status` = the row's new status: `SUCCESS`, `FAILURE`
+/// or `RETRY`) and records its run time.
+pub fn task_finished(task: &str, status: &str, elapsed: std::time::Duration) {
+    metrics::counter!("keystone_tasks_total", "task" => task.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("keystone_task_duration_seconds", "task" => task.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// The queue sizes last seen by this worker's housekeeping.
+pub fn queue_depth(stats: crate::broker::QueueStats) {
+    for (state, n) in [
+        ("ready", stats.ready),
+        ("delayed", stats.delayed),
+        ("unacked", stats.unacked),
+    ] {
+        metrics::gauge!("keystone_queue_depth", "state" => state).set(n as f64);
+    }
+}
+
+/// Tasks this process runs now.
+pub fn tasks_running(n: usize) {
+    metrics::gauge!("keystone_tasks_running").set(n as f64);
 }
 
 /// Gauges sampled when Prometheus scrapes.

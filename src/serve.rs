@@ -134,22 +134,46 @@ pub async fn serve(
         status.push(format!("metrics on http://{addr}/metrics"));
     }
     let mut background = Vec::new();
-    if role.runs_worker() {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stoppable = Vec::new();
+    let queue = if role.runs_worker() || role.runs_beat() {
+        let queue = open_queue(&config).await?;
+        status.push(format!("queue {}", queue.describe()));
+        Some(queue)
+    } else {
+        None
+    };
+    if let (true, Some(queue)) = (role.runs_worker(), &queue) {
+        queue
+            .register()
+            .await
+            .map_err(|e| ServeError::Startup(format!("cannot join the task queue: {e}")))?;
         let heartbeat = crate::worker::Heartbeat::new(db.clone(), role.name());
         heartbeat
             .beat()
             .await
             .map_err(|e| ServeError::Startup(format!("cannot record the worker heartbeat: {e}")))?;
         background.push(heartbeat.spawn(Duration::from_secs(config.settings.worker.heartbeat)));
+        stoppable.push((
+            "worker",
+            crate::worker::spawn(config.clone(), db.clone(), queue.clone(), stop_rx.clone()),
+        ));
         status.push(format!(
             "worker concurrency {}",
             config.worker_concurrency()
         ));
     }
-    if role.runs_beat() {
-        background.push(crate::beat::spawn(config.clone()));
-        status.push("beat schedules loaded".into());
-    }
+    // Beat starts once READY=1 is sent, so its leader/standby STATUS= line comes after it.
+    let beat_tasks = match (role.runs_beat(), &queue) {
+        (true, Some(queue)) => {
+            status.push(format!(
+                "beat with {} schedule(s)",
+                crate::beat::entries(&config).len()
+            ));
+            Some(crate::broker::Tasks::new(queue.clone(), db.clone()))
+        }
+        _ => None,
+    };
 
     let server = match (role.serves_http(), listener) {
         (true, Some(listener)) => {
@@ -179,12 +203,26 @@ pub async fn serve(
     let status = status.join(", ");
     tracing::info!("ready: {status}");
     daemon::notify_ready(&status);
+    if let Some(tasks) = beat_tasks {
+        stoppable.push((
+            "beat",
+            crate::beat::spawn(
+                config.clone(),
+                db.clone(),
+                tasks,
+                stop_rx.clone(),
+                role == Role::Beat,
+            ),
+        ));
+    }
     let watchdog = daemon::spawn_watchdog();
 
     daemon::shutdown_signal().await;
     daemon::notify_stopping();
     tracing::info!("stopping: finishing in-flight work");
     let grace = Duration::from_secs(config.settings.shutdown.grace_seconds);
+    // Worker and beat stop taking work now, while the web role drains its requests.
+    let _ = stop_tx.send(true);
     if let Some((handle, task, cleanup)) = server {
         handle.stop_graceful(grace);
         if tokio::time::timeout(grace + Duration::from_secs(1), task)
@@ -195,6 +233,15 @@ pub async fn serve(
         }
         if let Some(path) = cleanup {
             let _ = std::fs::remove_file(path);
+        }
+    }
+    for (name, task) in stoppable {
+        // The worker bounds its own drain by the grace period; this is a backstop.
+        if tokio::time::timeout(grace + Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the {name} did not stop in time");
         }
     }
     for task in background {
@@ -210,6 +257,18 @@ pub async fn serve(
     }
     db.close().await;
     Ok(())
+}
+
+/// The task queue of the worker and beat roles: Redis when configured, else (only for
+/// `--role all`, see [`precheck`]) an in-process queue.
+async fn open_queue(config: &Config) -> Result<Arc<dyn crate::broker::Queue>, ServeError> {
+    match crate::broker::connect_redis(config, &crate::worker::identity()).await {
+        Ok(Some(redis)) => Ok(redis),
+        Ok(None) => Ok(crate::broker::LocalQueue::new()),
+        Err(e) => Err(ServeError::Startup(format!(
+            "cannot connect to the task broker: {e}"
+        ))),
+    }
 }
 
 type ServerParts = (

@@ -848,6 +848,22 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        for (key, value) in [
+            ("worker.visibility_timeout", s.worker.visibility_timeout),
+            ("worker.max_deliveries", u64::from(s.worker.max_deliveries)),
+            ("beat.lease", s.beat.lease),
+        ] {
+            if value == 0 {
+                return Err(self.err(key, Some("0".into()), "must be at least 1"));
+            }
+        }
+        if s.redis.prefix.is_empty() || s.redis.prefix.contains(char::is_whitespace) {
+            return Err(self.err(
+                "redis.prefix",
+                q(&s.redis.prefix),
+                "expected a non-empty key prefix without spaces, e.g. keystone",
+            ));
+        }
         for (key, _, cron) in s.schedule.entries() {
             if cron.trim().is_empty() {
                 continue;
@@ -1024,11 +1040,20 @@ fn toml_scalar(v: &serde_json::Value) -> String {
 }
 
 /// Parses a five-field crontab expression.
+/// A schedule's cron expression: the five standard fields (minute hour day-of-month month
+/// day-of-week). Six fields are also accepted, the first being seconds (`*/5 * * * * *`):
+/// an extension for sub-minute schedules such as the beat tests use.
 pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    if expr.split_whitespace().count() != 5 {
-        return Err("expected five fields: minute hour day-of-month month day-of-week".into());
+    let invalid = |e: croner::errors::CronError| format!("invalid cron expression: {e}");
+    match expr.split_whitespace().count() {
+        5 => croner::Cron::from_str(expr).map_err(invalid),
+        6 => croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse(expr)
+            .map_err(invalid),
+        _ => Err("expected five fields: minute hour day-of-month month day-of-week".into()),
     }
-    croner::Cron::from_str(expr).map_err(|e| format!("invalid cron expression: {e}"))
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ pub struct Settings {
     pub worker: Worker,
     pub slurm: Slurm,
     pub schedule: Schedule,
+    pub beat: Beat,
     pub health: Health,
     pub shutdown: Shutdown,
 }
@@ -314,6 +315,10 @@ pub struct Redis {
     pub url: Option<String>,
     #[serde(deserialize_with = "lenient::opt_string")]
     pub url_file: Option<String>,
+    /// Prefix of the task-queue and beat keys (`<prefix>:tasks`, `<prefix>:beat:leader`, ...),
+    /// so several installations can share one Redis database.
+    #[serde(deserialize_with = "lenient::string")]
+    pub prefix: String,
 }
 
 impl Default for Redis {
@@ -326,6 +331,7 @@ impl Default for Redis {
             password_file: None,
             url: None,
             url_file: None,
+            prefix: "keystone".into(),
         }
     }
 }
@@ -438,6 +444,10 @@ pub struct Worker {
     /// Seconds after which a task held by a silent worker is handed to another one.
     #[serde(deserialize_with = "lenient::uint")]
     pub visibility_timeout: u64,
+    /// Deliveries of one queued task without an outcome (its workers died or were killed)
+    /// after which it is moved to the dead-letter stream instead of being run again.
+    #[serde(deserialize_with = "lenient::uint")]
+    pub max_deliveries: u32,
 }
 
 impl Default for Worker {
@@ -446,6 +456,7 @@ impl Default for Worker {
             concurrency: 0,
             heartbeat: 10,
             visibility_timeout: 300,
+            max_deliveries: 5,
         }
     }
 }
@@ -529,6 +540,22 @@ impl Schedule {
                 &self.past_expirations,
             ),
         ]
+    }
+}
+
+/// The beat role's leader election (one of several beat processes enqueues the ticks).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Beat {
+    /// Seconds the leader lease lasts without renewal (renewed every third of it): how long
+    /// a standby beat waits before taking over from a leader that died.
+    #[serde(deserialize_with = "lenient::uint")]
+    pub lease: u64,
+}
+
+impl Default for Beat {
+    fn default() -> Self {
+        Beat { lease: 30 }
     }
 }
 

@@ -283,6 +283,23 @@ fn semantic_validation_errors() {
             "schedule.ldap_sync",
         ),
         ("KEYSTONE_DATABASE__POOL_SIZE", "0", "database.pool_size"),
+        (
+            "KEYSTONE_WORKER__VISIBILITY_TIMEOUT",
+            "0",
+            "worker.visibility_timeout",
+        ),
+        (
+            "KEYSTONE_WORKER__MAX_DELIVERIES",
+            "0",
+            "worker.max_deliveries",
+        ),
+        ("KEYSTONE_BEAT__LEASE", "0", "beat.lease"),
+        ("KEYSTONE_REDIS__PREFIX", "my queue", "redis.prefix"),
+        (
+            "KEYSTONE_SCHEDULE__LOG_CLEANUP",
+            "* * * * * * *",
+            "schedule.log_cleanup",
+        ),
     ];
     for (var, value, key) in cases {
         let e = load_env(&env(&[(var, value)])).expect_err(var);
@@ -381,6 +398,31 @@ fn rates_parse_first_letter_of_period() {
 }
 
 /// keystone.toml.example documents every key, and its documented values load cleanly.
+#[test]
+fn schedules_take_five_fields_or_six_with_seconds() {
+    let c = load_env(&env(&[
+        ("KEYSTONE_SCHEDULE__LDAP_SYNC", "*/10 * * * * *"),
+        ("KEYSTONE_REDIS__PREFIX", "site-a"),
+        ("KEYSTONE_BEAT__LEASE", "5"),
+    ]))
+    .expect("six fields load");
+    assert_eq!(c.settings.redis.prefix, "site-a");
+    assert_eq!(c.settings.beat.lease, 5);
+    let cron = parse_cron(&c.settings.schedule.ldap_sync).expect("cron");
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:03Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    let next = cron.find_next_occurrence(&at, false).expect("next");
+    assert_eq!(next.to_rfc3339(), "2026-01-01T00:00:10+00:00");
+    let hourly = parse_cron("0 * * * *").expect("five fields");
+    let next = hourly.find_next_occurrence(&at, false).expect("next");
+    assert_eq!(next.to_rfc3339(), "2026-01-01T01:00:00+00:00");
+    let defaults = load_env(&env(&[])).expect("defaults");
+    assert_eq!(defaults.settings.redis.prefix, "keystone");
+    assert_eq!(defaults.settings.worker.max_deliveries, 5);
+    assert_eq!(defaults.settings.beat.lease, 30);
+}
+
 #[test]
 fn example_file_lists_every_key_and_loads() {
     let text = include_str!("../../keystone.toml.example");

@@ -166,6 +166,7 @@ pub struct TaskContext {
     pub task_id: String,
     pub queue: Arc<dyn Enqueue>,
     children: Mutex<Vec<String>>,
+    errors: Mutex<Vec<String>>,
 }
 
 impl TaskContext {
@@ -176,6 +177,7 @@ impl TaskContext {
             task_id,
             queue,
             children: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
         }
     }
 
@@ -191,6 +193,19 @@ impl TaskContext {
     /// Ids of the sub-tasks enqueued so far.
     pub fn children(&self) -> Vec<String> {
         self.children.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Records an error the task logged and went on past (a run that swallows errors still
+    /// ends `SUCCESS`); the result row lists them in `meta.errors`.
+    pub fn record_error(&self, message: impl Into<String>) {
+        if let Ok(mut e) = self.errors.lock() {
+            e.push(message.into());
+        }
+    }
+
+    /// The errors recorded so far.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
     }
 }
 

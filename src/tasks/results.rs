@@ -1,4 +1,6 @@
-//! Task-result rows (operations.md §2.4) and running a task with its row recorded.
+//! Task-result rows (operations.md §2.4) and running a task with its row recorded. The
+//! worker (`crate::worker`) records queued runs through [`start`] and [`finish`]; inline runs
+//! (`keystone task run --inline`, `keystone ldap sync`) through [`run_recorded`].
 
 use super::{Enqueue, TaskContext, TaskError};
 use crate::config::Config;
@@ -19,6 +21,7 @@ pub enum Status {
 }
 
 impl Status {
+    /// The stored text (`SUCCESS`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "PENDING",
@@ -37,6 +40,7 @@ pub struct Run<'a> {
     pub task_name: &'a str,
     pub periodic_task_name: Option<&'a str>,
     pub args: &'a [Value],
+    /// Worker identity; empty (stored as NULL) while the run is only queued.
     pub worker: &'a str,
 }
 
@@ -49,13 +53,32 @@ pub async fn write(
     error: Option<&TaskError>,
     children: &[String],
 ) -> Result<(), crate::db::DbError> {
+    write_with_errors(db, run, status, started, error, children, &[]).await
+}
+
+/// [`write`], with the errors the run logged and went on past listed in `meta.errors`
+/// (the key is left out when there are none).
+pub async fn write_with_errors(
+    db: &Db,
+    run: &Run<'_>,
+    status: Status,
+    started: Option<DateTime<Utc>>,
+    error: Option<&TaskError>,
+    children: &[String],
+    errors: &[String],
+) -> Result<(), crate::db::DbError> {
     let now = Utc::now();
     let result = match error {
         Some(e) => e.result_json().to_string(),
         None => "null".to_string(),
     };
     let traceback = error.map(|e| e.traceback.clone().unwrap_or_else(|| e.to_string()));
-    let meta = serde_json::json!({ "children": children }).to_string();
+    let meta = if errors.is_empty() {
+        serde_json::json!({ "children": children })
+    } else {
+        serde_json::json!({ "children": children, "errors": errors })
+    }
+    .to_string();
     let args = Value::Array(run.args.to_vec()).to_string();
     on_db!(db, |p| {
         sqlx::query(
@@ -72,7 +95,7 @@ pub async fn write(
     .bind(run.task_name)
     .bind(&args)
     .bind(status.as_str())
-    .bind(run.worker)
+    .bind((!run.worker.is_empty()).then_some(run.worker))
     .bind(&result)
     .bind(now)
     .bind(started)
@@ -83,6 +106,100 @@ pub async fn write(
     .await
     .map(|_| ())
     })?;
+    Ok(())
+}
+
+/// Inserts the `PENDING` row of a queued run, unless a worker already wrote the run's row
+/// (the producer writes it after queuing, so a fast worker may be first).
+pub async fn write_pending(db: &Db, run: &Run<'_>) -> Result<(), crate::db::DbError> {
+    let now = Utc::now();
+    let args = Value::Array(run.args.to_vec()).to_string();
+    on_db!(db, |p| {
+        sqlx::query(
+            "INSERT INTO django_celery_results_taskresult \
+             (task_id, periodic_task_name, task_name, task_args, task_kwargs, status, worker, \
+              content_type, content_encoding, result, date_created, date_started, date_done, traceback, meta) \
+             VALUES ($1, $2, $3, $4, '{}', 'PENDING', NULL, 'application/json', 'utf-8', 'null', $5, NULL, $6, NULL, $7) \
+             ON CONFLICT (task_id) DO NOTHING",
+        )
+        .bind(run.task_id)
+        .bind(run.periodic_task_name)
+        .bind(run.task_name)
+        .bind(&args)
+        .bind(now)
+        .bind(now)
+        .bind(r#"{"children": []}"#)
+        .execute(p)
+        .await
+        .map(|_| ())
+    })?;
+    Ok(())
+}
+
+/// The stored status of a run (`PENDING`, `STARTED`, `RETRY`, `SUCCESS`, `FAILURE`) and its
+/// `result` JSON text, if the run has a row.
+pub async fn status(
+    db: &Db,
+    task_id: &str,
+) -> Result<Option<(String, Option<String>)>, crate::db::DbError> {
+    let row: Option<(String, Option<String>)> = on_db!(db, |p| {
+        sqlx::query_as(
+            "SELECT status, result FROM django_celery_results_taskresult WHERE task_id = $1",
+        )
+        .bind(task_id)
+        .fetch_optional(p)
+        .await
+    })?;
+    Ok(row)
+}
+
+/// Whether a stored status is final (the run will not change any more).
+pub fn is_terminal(status: &str) -> bool {
+    matches!(status, "SUCCESS" | "FAILURE" | "REVOKED")
+}
+
+/// One attempt of a queued run: its `STARTED` row written, its code run.
+pub struct Attempt {
+    pub started: DateTime<Utc>,
+    pub elapsed: std::time::Duration,
+    pub outcome: Result<(), TaskError>,
+}
+
+/// Records `STARTED` and runs the task's code; the caller records the outcome with
+/// [`finish`] (a failed start record is only logged: the run still happens).
+pub async fn start(ctx: &TaskContext, run: &Run<'_>) -> Attempt {
+    let started = Utc::now();
+    if let Err(e) = write(&ctx.db, run, Status::Started, Some(started), None, &[]).await {
+        tracing::warn!(task = run.task_name, task_id = %ctx.task_id, "cannot record the task start: {e}");
+    }
+    let clock = std::time::Instant::now();
+    let outcome = super::execute(ctx, run.task_name, run.args).await;
+    Attempt {
+        started,
+        elapsed: clock.elapsed(),
+        outcome,
+    }
+}
+
+/// Records how an attempt ended (`SUCCESS`, `RETRY` or `FAILURE`) and counts it in the task
+/// metrics.
+pub async fn finish(
+    ctx: &TaskContext,
+    run: &Run<'_>,
+    attempt: &Attempt,
+    status: Status,
+) -> Result<(), crate::db::DbError> {
+    write_with_errors(
+        &ctx.db,
+        run,
+        status,
+        Some(attempt.started),
+        attempt.outcome.as_ref().err(),
+        &ctx.children(),
+        &ctx.errors(),
+    )
+    .await?;
+    crate::metrics::task_finished(run.task_name, status.as_str(), attempt.elapsed);
     Ok(())
 }
 
@@ -111,7 +228,16 @@ pub async fn run_recorded(
         Ok(()) => (Status::Success, None),
         Err(e) => (Status::Failure, Some(e)),
     };
-    write(&ctx.db, &run, status, Some(started), error, &ctx.children()).await?;
+    write_with_errors(
+        &ctx.db,
+        &run,
+        status,
+        Some(started),
+        error,
+        &ctx.children(),
+        &ctx.errors(),
+    )
+    .await?;
     outcome
 }
 

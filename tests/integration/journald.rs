@@ -113,7 +113,7 @@ fn journald_records_carry_role_cid_and_user() {
     let meta = err_file.metadata().expect("metadata");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = site
+    let child = site
         .command(&[
             "--log-level",
             "info",
@@ -128,6 +128,18 @@ fn journald_records_carry_role_cid_and_user() {
         .stderr(err_file)
         .spawn()
         .expect("spawn web");
+    // Stopped however the test ends, so a failed assertion leaves no server behind.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(self.0.id() as i32, libc::SIGTERM);
+            }
+            wait_exit(&mut self.0, Duration::from_secs(20));
+        }
+    }
+    let server = Stop(child);
     let ready = http::get_retrying(&addr, "/version/", Duration::from_secs(30));
     assert_eq!(ready.status, 200, "web did not come up");
 
@@ -156,11 +168,7 @@ fn journald_records_carry_role_cid_and_user() {
             records.push(rec);
         }
     }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    wait_exit(&mut child, Duration::from_secs(20));
+    drop(server);
     let rec = found.unwrap_or_else(|| {
         panic!(
             "no journal record with KEYSTONE_CID={cid}; got {} records: {records:?}",
