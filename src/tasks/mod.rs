@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::db::Db;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 /// One catalogue entry (§2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,35 +257,46 @@ pub async fn execute(ctx: &TaskContext, name: &str, args: &[Value]) -> Result<()
             ),
         ));
     }
-    match def.name {
-        LDAP_SYNC => ldap_sync::run(ctx).await.map(|_| ()),
-        LOG_CLEANUP => cleanup::run(ctx).await,
-        UPDATE_LIMITS => limits::update_limits(ctx).await,
-        UPDATE_LIMITS_CLUSTER => {
-            limits::update_limits_for_cluster(ctx, &arg_str(args, 0, "cluster_name")?).await
+    // Every record the task logs carries its name and id (journald KEYSTONE_TASK,
+    // KEYSTONE_TASK_ID); ERROR level, so the span exists whatever the configured level.
+    let span = tracing::error_span!(
+        "task",
+        keystone_task = def.name,
+        keystone_task_id = %ctx.task_id
+    );
+    async move {
+        match def.name {
+            LDAP_SYNC => ldap_sync::run(ctx).await.map(|_| ()),
+            LOG_CLEANUP => cleanup::run(ctx).await,
+            UPDATE_LIMITS => limits::update_limits(ctx).await,
+            UPDATE_LIMITS_CLUSTER => {
+                limits::update_limits_for_cluster(ctx, &arg_str(args, 0, "cluster_name")?).await
+            }
+            NOTIFY_UPCOMING => notices::notify_upcoming(ctx).await,
+            SEND_UPCOMING => {
+                notices::send_upcoming(
+                    ctx,
+                    arg_int(args, 0, "user_id")?,
+                    arg_int(args, 1, "req_id")?,
+                )
+                .await
+            }
+            NOTIFY_PAST => notices::notify_past(ctx).await,
+            SEND_PAST => {
+                notices::send_past(
+                    ctx,
+                    arg_int(args, 0, "user_id")?,
+                    arg_int(args, 1, "req_id")?,
+                )
+                .await
+            }
+            _ => Err(TaskError::new(
+                "NotRegistered",
+                "celery.exceptions",
+                format!("'{name}'"),
+            )),
         }
-        NOTIFY_UPCOMING => notices::notify_upcoming(ctx).await,
-        SEND_UPCOMING => {
-            notices::send_upcoming(
-                ctx,
-                arg_int(args, 0, "user_id")?,
-                arg_int(args, 1, "req_id")?,
-            )
-            .await
-        }
-        NOTIFY_PAST => notices::notify_past(ctx).await,
-        SEND_PAST => {
-            notices::send_past(
-                ctx,
-                arg_int(args, 0, "user_id")?,
-                arg_int(args, 1, "req_id")?,
-            )
-            .await
-        }
-        _ => Err(TaskError::new(
-            "NotRegistered",
-            "celery.exceptions",
-            format!("'{name}'"),
-        )),
     }
+    .instrument(span)
+    .await
 }

@@ -201,6 +201,38 @@ fn journald_records_carry_role_cid_and_user() {
     // Nothing went to the stderr file: records went to the journal socket.
     let text = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(!text.contains(cid), "{text}");
+
+    // A task run by hand: its records name the task and its run; the role is `cli`.
+    let err_file = std::fs::File::create(&err_path).expect("stderr file");
+    let meta = err_file.metadata().expect("metadata");
+    let out = site
+        .command(&[
+            "--log-level",
+            "info",
+            "task",
+            "run",
+            "log-cleanup",
+            "--inline",
+        ])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(err_file)
+        .output()
+        .expect("task run");
+    assert!(out.status.success(), "task run: {}", stdout(&out));
+    let mut task_records = Vec::new();
+    while let Ok(n) = journal.recv(&mut buf) {
+        task_records.push(parse_record(&buf[..n]));
+    }
+    let rec = task_records
+        .iter()
+        .find(|r| r.contains_key("KEYSTONE_TASK"))
+        .unwrap_or_else(|| panic!("no record of the task: {task_records:?}"));
+    assert_eq!(rec["KEYSTONE_TASK"], "apps.logging.tasks.clear_log_records");
+    assert!(
+        uuid::Uuid::parse_str(&rec["KEYSTONE_TASK_ID"]).is_ok(),
+        "{rec:?}"
+    );
+    assert_eq!(rec["KEYSTONE_ROLE"], "cli", "{rec:?}");
 }
 
 #[test]
