@@ -220,7 +220,10 @@ async fn end_nested(db: &Db, keep: bool) -> Result<(), crate::db::DbError> {
 /// The service steps are dispatched to: every route, with the job's state and caller, and
 /// none of the outer middleware (no redirects, no request logging, no CORS).
 fn step_service(state: Arc<AppState>, caller: Delegated, cid: Cid) -> Service {
-    Service::new(crate::http::router())
+    // The route table is built once per process, not once per job.
+    static ROUTER: std::sync::OnceLock<Arc<Router>> = std::sync::OnceLock::new();
+    let router = ROUTER.get_or_init(|| Arc::new(crate::http::router()));
+    Service::new(router.clone())
         .hoop(InjectState(state))
         .hoop(StepIdentity { caller, cid })
         .hoop(crate::http::access::authenticate)
@@ -297,7 +300,7 @@ impl Runner<'_> {
             if status.is_server_error() {
                 return Err(Stop::Internal);
             }
-            if status.is_client_error() || status.as_u16() >= 400 {
+            if status.as_u16() >= 400 {
                 return Err(Stop::Step(result));
             }
             if !step.reference.is_empty() {
