@@ -219,26 +219,14 @@ pub async fn run_recorded(
         args,
         worker,
     };
-    let started = Utc::now();
-    if let Err(e) = write(&ctx.db, &run, Status::Started, Some(started), None, &[]).await {
-        tracing::warn!(task = task_name, task_id = %ctx.task_id, "cannot record the task start: {e}");
-    }
-    let outcome = super::execute(ctx, task_name, args).await;
-    let (status, error) = match &outcome {
-        Ok(()) => (Status::Success, None),
-        Err(e) => (Status::Failure, Some(e)),
+    let attempt = start(ctx, &run).await;
+    let status = if attempt.outcome.is_ok() {
+        Status::Success
+    } else {
+        Status::Failure
     };
-    write_with_errors(
-        &ctx.db,
-        &run,
-        status,
-        Some(started),
-        error,
-        &ctx.children(),
-        &ctx.errors(),
-    )
-    .await?;
-    outcome
+    finish(ctx, &run, &attempt, status).await?;
+    attempt.outcome
 }
 
 /// Sub-tasks of an inline run run at once, one after another, each with its own row.
