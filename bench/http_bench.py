@@ -67,7 +67,7 @@ class Site:
                 "KEYSTONE_DATABASE__HOST": host,
                 "KEYSTONE_DATABASE__PORT": port or "5432",
                 "KEYSTONE_DATABASE__USER": user.split(":")[0],
-                "KEYSTONE_SECURITY__SECRET_KEY": "bench-secret-key-0123456789",
+                "KEYSTONE_SECURITY__SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop",
             })
         self.env.update(extra_env or {})
         self.proc = None

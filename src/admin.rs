@@ -201,7 +201,7 @@ async fn create(db: &Db, args: &CreateArgs) -> ExitCode {
         Ok(false) => {}
         Err(e) => return fail(e),
     }
-    let hash = match crate::passwords::hash(&password) {
+    let hash = match crate::passwords::hash(&password).await {
         Ok(h) => h,
         Err(e) => return fail(e),
     };
@@ -252,7 +252,7 @@ async fn set_password(db: &Db, username: &str, from_stdin: bool) -> ExitCode {
         }
         return ExitCode::from(1);
     }
-    let hash = match crate::passwords::hash(&password) {
+    let hash = match crate::passwords::hash(&password).await {
         Ok(h) => h,
         Err(e) => return fail(e),
     };

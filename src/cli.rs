@@ -71,6 +71,13 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// List the HTTP routes with their methods and access policy (who may call them, whether
+    /// they are throttled)
+    Routes {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a running web role's health (exit 0 healthy, 1 unhealthy, 2 unreachable)
     Health {
         /// Web role to ask (default: server.bind)
@@ -333,6 +340,7 @@ pub fn run(cli: Cli) -> ExitCode {
             })
         }),
         Command::Openapi { format, output } => crate::operator::openapi(*format, output.as_deref()),
+        Command::Routes { json } => crate::operator::routes(*json),
         Command::Health { url, direct, json } => match load_config(&cli, Vec::new()) {
             Ok(config) => {
                 daemon::init_logging(&config, cli.log_level.as_deref());

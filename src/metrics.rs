@@ -44,6 +44,10 @@ fn describe() {
         "HTTP requests being handled"
     );
     metrics::describe_counter!(
+        "keystone_http_panics_total",
+        "Requests whose handler panicked (answered with a 500)"
+    );
+    metrics::describe_counter!(
         "keystone_tasks_total",
         "Background task runs, by task name and final status"
     );
@@ -71,6 +75,51 @@ fn describe() {
     );
 }
 
+/// Methods that get a label of their own; any other method is counted as `OTHER`, so that
+/// clients cannot create label values (and Prometheus series) at will.
+const METHOD_LABELS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// The `method` label: one of a fixed set, else `OTHER`.
+pub fn method_label(method: &salvo::http::Method) -> &'static str {
+    METHOD_LABELS
+        .iter()
+        .find(|m| **m == method.as_str())
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+/// The `route` label: the template of the matched route as upstream writes it
+/// (`/users/users/{id}/`), `/` for the site root, else `unmatched`. Never the request path,
+/// which the client chooses.
+pub fn route_label(req: &Request) -> String {
+    match req.matched_path().trim_matches('/') {
+        "" if req.uri().path() == "/" => "/".to_string(),
+        "" => "unmatched".to_string(),
+        p => format!("/{p}/"),
+    }
+}
+
+/// Keeps `keystone_http_requests_in_flight` right whatever happens to the request: the
+/// decrement runs when the guard is dropped, also when a panic unwinds through the handler
+/// chain or the client disconnects and the request's future is dropped.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> InFlight {
+        let gauge = metrics::gauge!("keystone_http_requests_in_flight");
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Counts and times every HTTP request (outermost middleware).
 #[handler]
 pub async fn http_metrics(
@@ -80,35 +129,58 @@ pub async fn http_metrics(
     ctrl: &mut FlowCtrl,
 ) {
     let start = Instant::now();
-    let in_flight = metrics::gauge!("keystone_http_requests_in_flight");
-    in_flight.increment(1.0);
+    let in_flight = InFlight::enter();
     ctrl.call_next(req, depot, res).await;
-    in_flight.decrement(1.0);
-    // Route templates as upstream writes them: `/users/users/{id}/`.
-    let route = match req.matched_path().trim_matches('/') {
-        "" if req.uri().path() == "/" => "/".to_string(),
-        "" => "unmatched".to_string(),
-        p => format!("/{p}/"),
-    };
-    let method = req.method().to_string();
+    drop(in_flight);
+    let route = route_label(req);
+    let method = method_label(req.method());
+    // Status codes are three digits by construction: a bounded set.
     let status = res
         .status_code
         .unwrap_or(salvo::http::StatusCode::OK)
         .as_u16()
         .to_string();
-    metrics::counter!("keystone_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("keystone_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("keystone_http_request_duration_seconds", "method" => method, "route" => route)
         .record(start.elapsed().as_secs_f64());
 }
 
+/// Counts a handler panic that was answered with a 500 (see `crate::http::panic`).
+pub fn handler_panicked() {
+    metrics::counter!("keystone_http_panics_total").increment(1);
+}
+
 /// Counts one finished task attempt (`status` = the row's new status: `SUCCESS`, `FAILURE`
 /// or `RETRY`) and records its run time.
 pub fn task_finished(task: &str, status: &str, elapsed: std::time::Duration) {
-    metrics::counter!("keystone_tasks_total", "task" => task.to_string(), "status" => status.to_string())
+    let task = task_label(task);
+    // `status` is a `tasks::results::Status` as text: a fixed set.
+    metrics::counter!("keystone_tasks_total", "task" => task.clone(), "status" => status.to_string())
         .increment(1);
-    metrics::histogram!("keystone_task_duration_seconds", "task" => task.to_string())
+    metrics::histogram!("keystone_task_duration_seconds", "task" => task)
         .record(elapsed.as_secs_f64());
+}
+
+/// Distinct task names that get a label of their own (the catalogue has about a dozen).
+const TASK_LABELS: usize = 32;
+
+/// The `task` label. Task names arrive in queue messages; after `TASK_LABELS` distinct names,
+/// new ones count as `other`, so a stream of junk messages cannot grow the series without
+/// bound.
+fn task_label(task: &str) -> String {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Ok(mut seen) = SEEN.lock() else {
+        return "other".into();
+    };
+    if seen.iter().any(|t| t == task) {
+        return task.to_string();
+    }
+    if seen.len() < TASK_LABELS && task.len() <= 100 {
+        seen.push(task.to_string());
+        return task.to_string();
+    }
+    "other".into()
 }
 
 /// The queue sizes last seen by this worker's housekeeping.

@@ -32,6 +32,47 @@ pub fn openapi(format: Format, output: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
+/// `keystone routes`: the route table as the web role enforces it.
+pub fn routes(json: bool) -> ExitCode {
+    let table = crate::http::routes().describe();
+    let out = if json {
+        match serde_json::to_string_pretty(&table) {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                eprintln!("keystone: cannot encode the route table: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        let width = table.iter().map(|r| r.path.len()).max().unwrap_or(4);
+        let mut out = format!(
+            "{:width$}  {:13}  {:9}  METHODS\n",
+            "PATH", "ACCESS", "THROTTLED"
+        );
+        for r in &table {
+            let access = match r.policy.access {
+                crate::http::route::Access::Public => "public",
+                crate::http::route::Access::Authenticated => "authenticated",
+            };
+            let throttled = if r.policy.throttled { "yes" } else { "no" };
+            out.push_str(&format!(
+                "{:width$}  {access:13}  {throttled:9}  {}\n",
+                r.path,
+                r.methods.join(", ")
+            ));
+        }
+        out
+    };
+    match std::io::stdout().write_all(out.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keystone: cannot write the route table: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `GET /health/json/` over HTTP/1.1 on TCP or a Unix socket.
 fn fetch(target: &Target) -> Result<String, String> {
     let request = |host: &str| {

@@ -1,18 +1,142 @@
 //! Passwords: hashing (argon2id, stored in Django's `argon2$argon2id$...` format so the column
 //! stays readable by upstream tooling), verification of upstream's Django PBKDF2 hashes so
 //! migrated accounts can still log in (and be rehashed), and Django's default validators.
+//!
+//! Hashing and verification cost tens of milliseconds of CPU each, so they run on tokio's
+//! blocking threads, at most `security.password_hash_concurrency` at a time per process: a
+//! burst of logins queues there instead of occupying the request executor (and the systemd
+//! watchdog ping that runs on it).
 
 use argon2::{Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
 use rand::Rng;
 use std::collections::HashSet;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
+use tokio::sync::Semaphore;
 
 const DJANGO_ARGON2_PREFIX: &str = "argon2";
 const DJANGO_PBKDF2_ALGORITHM: &str = "pbkdf2_sha256";
 
-/// Hashes a password with a fresh random salt.
-pub fn hash(password: &str) -> Result<String, String> {
+/// Bounds the hashes computed at once; set by [`configure`], else the default on first use.
+static HASHING: OnceLock<Hashing> = OnceLock::new();
+
+struct Hashing {
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Hashing {
+    fn new(size: usize) -> Hashing {
+        Hashing {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+}
+
+/// The hash every login without a checkable stored hash (unknown username, unusable or
+/// unknown-format password) is verified against, so that such a login costs the same time
+/// as a wrong password for a real account. Made with the current algorithm and parameters.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| hash_now(&generate(24)).unwrap_or_default());
+
+/// Hashes at once when `security.password_hash_concurrency` is 0: one less than the CPUs
+/// (at least one), so one core stays free for the request executor during a login burst.
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// Sets this process's hashing concurrency (0: [`default_concurrency`]) and computes the
+/// dummy hash in the background, so the first unknown-username login is not the slow one.
+/// Returns the concurrency in effect: only the first call (or first use) decides.
+pub fn configure(concurrency: u64) -> usize {
+    let wanted = match usize::try_from(concurrency) {
+        Ok(0) => default_concurrency(),
+        Ok(n) => n.min(Semaphore::MAX_PERMITS),
+        Err(_) => Semaphore::MAX_PERMITS,
+    };
+    std::thread::spawn(|| LazyLock::force(&DUMMY_HASH));
+    HASHING.get_or_init(|| Hashing::new(wanted)).size
+}
+
+fn hashing() -> &'static Hashing {
+    HASHING.get_or_init(|| Hashing::new(default_concurrency()))
+}
+
+/// Runs `work` on a blocking thread once a hashing permit is free. The permit moves into
+/// the thread, so a request that is abandoned meanwhile (client gone) cannot raise the
+/// number of hashes in flight above the bound. None when the work panicked.
+async fn off_executor<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    // The semaphore is never closed, so acquiring only waits.
+    let permit = hashing().permits.clone().acquire_owned().await.ok()?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .ok()
+}
+
+/// Hashes a password with a fresh random salt, off the request executor.
+pub async fn hash(password: &str) -> Result<String, String> {
+    let password = password.to_owned();
+    off_executor(move || hash_now(&password))
+        .await
+        .unwrap_or_else(|| Err("password hashing failed".into()))
+}
+
+/// Checks a password against a stored hash (None: no such account), off the request
+/// executor. Anything without a hash Keystone can check — no account, an unusable password
+/// (`!...`), an empty or unknown-format value — is verified against [`DUMMY_HASH`] and
+/// fails, so it costs the same time as a wrong password for a real account.
+pub async fn verify(password: &str, stored: Option<&str>) -> bool {
+    let password = password.to_owned();
+    let candidate = match candidate(stored) {
+        Candidate::Stored(hash) => Some(hash.to_owned()),
+        Candidate::Dummy => None,
+    };
+    off_executor(move || match candidate {
+        Some(hash) => verify_now(&password, &hash),
+        None => {
+            let _ = verify_now(&password, &DUMMY_HASH);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// What a login verifies the password against.
+#[derive(Debug, PartialEq, Eq)]
+enum Candidate<'a> {
+    /// The account's own hash, in a format Keystone checks.
+    Stored(&'a str),
+    /// The dummy hash: there is nothing to check, but the time is spent all the same.
+    Dummy,
+}
+
+fn candidate(stored: Option<&str>) -> Candidate<'_> {
+    match stored {
+        Some(hash) if hash.starts_with("argon2$") || hash.starts_with("pbkdf2_sha256$") => {
+            Candidate::Stored(hash)
+        }
+        _ => Candidate::Dummy,
+    }
+}
+
+/// Whether the stored value is a local credential: Django's rule (anything not starting with
+/// `!`, the mark of `set_unusable_password`), except that an empty value, which no password
+/// matches, is no credential either. Accounts without one are the LDAP accounts (created by
+/// LDAP login or sync) and the only ones an LDAP login may map onto.
+pub fn has_usable_password(stored: &str) -> bool {
+    !stored.is_empty() && !stored.starts_with('!')
+}
+
+/// [`hash`] on the current thread (tests and the dummy hash).
+fn hash_now(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
     rand::rng().fill(&mut salt);
     let phc: PasswordHash = Argon2::default()
@@ -22,10 +146,10 @@ pub fn hash(password: &str) -> Result<String, String> {
     Ok(format!("{DJANGO_ARGON2_PREFIX}{phc}"))
 }
 
-/// Checks a password against a stored hash: our argon2 format or Django's
-/// `pbkdf2_sha256$<iterations>$<salt>$<base64 hash>`. Unusable passwords (`!...`), other
-/// formats and malformed hashes never verify.
-pub fn verify(password: &str, stored: &str) -> bool {
+/// Checks a password against a stored hash on the current thread: our argon2 format or
+/// Django's `pbkdf2_sha256$<iterations>$<salt>$<base64 hash>`. Unusable passwords (`!...`),
+/// other formats and malformed hashes never verify.
+fn verify_now(password: &str, stored: &str) -> bool {
     if stored.starts_with('!') {
         return false;
     }
@@ -159,30 +283,30 @@ mod tests {
 
     #[test]
     fn hash_verifies_and_uses_django_argon2_format() {
-        let h = hash("correct horse").expect("hash");
+        let h = hash_now("correct horse").expect("hash");
         assert!(h.starts_with("argon2$argon2id$v=19$"), "{h}");
-        assert!(verify("correct horse", &h));
-        assert!(!verify("wrong horse", &h));
-        assert!(!verify("correct horse", "pbkdf2_sha256$1$salt$x"));
-        assert!(!verify("x", "argon2$garbage"));
+        assert!(verify_now("correct horse", &h));
+        assert!(!verify_now("wrong horse", &h));
+        assert!(!verify_now("correct horse", "pbkdf2_sha256$1$salt$x"));
+        assert!(!verify_now("x", "argon2$garbage"));
         assert!(!needs_rehash(&h));
     }
 
     #[test]
     fn verifies_django_pbkdf2_at_the_default_iteration_count() {
-        assert!(verify(DJANGO_DEFAULT_PASSWORD, DJANGO_DEFAULT));
+        assert!(verify_now(DJANGO_DEFAULT_PASSWORD, DJANGO_DEFAULT));
         assert!(needs_rehash(DJANGO_DEFAULT));
     }
 
     #[test]
     fn verifies_django_pbkdf2_with_low_iterations() {
-        assert!(verify(DJANGO_LOW_PASSWORD, DJANGO_LOW));
-        assert!(!verify("Tr0ub4dour&4", DJANGO_LOW));
-        assert!(!verify("", DJANGO_LOW));
-        assert!(verify("pässwörd-ünïcode", DJANGO_UNICODE));
-        assert!(!verify("passwörd-ünïcode", DJANGO_UNICODE));
-        assert!(verify("", DJANGO_EMPTY));
-        assert!(!verify(" ", DJANGO_EMPTY));
+        assert!(verify_now(DJANGO_LOW_PASSWORD, DJANGO_LOW));
+        assert!(!verify_now("Tr0ub4dour&4", DJANGO_LOW));
+        assert!(!verify_now("", DJANGO_LOW));
+        assert!(verify_now("pässwörd-ünïcode", DJANGO_UNICODE));
+        assert!(!verify_now("passwörd-ünïcode", DJANGO_UNICODE));
+        assert!(verify_now("", DJANGO_EMPTY));
+        assert!(!verify_now(" ", DJANGO_EMPTY));
     }
 
     #[test]
@@ -201,7 +325,7 @@ mod tests {
             "pbkdf2_sha256",
             "pbkdf2_sha1$1000$saltsalt1234$prB+TLNCiOPeZ6c+AoSG2HZgTLyIH80SDfjHJJyQM7g=",
         ] {
-            assert!(!verify(DJANGO_LOW_PASSWORD, stored), "{stored}");
+            assert!(!verify_now(DJANGO_LOW_PASSWORD, stored), "{stored}");
         }
     }
 
@@ -215,8 +339,8 @@ mod tests {
             "md5$salt$0123456789abcdef0123456789abcdef",
             "",
         ] {
-            assert!(!verify("", stored), "{stored}");
-            assert!(!verify(DJANGO_LOW_PASSWORD, stored), "{stored}");
+            assert!(!verify_now("", stored), "{stored}");
+            assert!(!verify_now(DJANGO_LOW_PASSWORD, stored), "{stored}");
             assert!(needs_rehash(stored), "{stored}");
         }
     }
@@ -233,7 +357,7 @@ mod tests {
         };
         let django_costs = Params::new(102_400, 2, 8, None).expect("params");
         let stored = argon2(argon2::Algorithm::Argon2id, django_costs);
-        assert!(verify("pw", &stored));
+        assert!(verify_now("pw", &stored));
         assert!(needs_rehash(&stored));
         let stored = argon2(argon2::Algorithm::Argon2i, Params::default());
         assert!(needs_rehash(&stored));
@@ -241,6 +365,86 @@ mod tests {
             argon2::Algorithm::Argon2id,
             Params::default()
         )));
+    }
+
+    #[test]
+    fn logins_without_a_checkable_hash_verify_against_the_dummy_hash() {
+        let real = hash_now("pw").expect("hash");
+        assert_eq!(candidate(Some(&real)), Candidate::Stored(&real));
+        assert_eq!(candidate(Some(DJANGO_LOW)), Candidate::Stored(DJANGO_LOW));
+        // Unknown username, LDAP account, empty column, a hasher Keystone lacks.
+        for stored in [
+            None,
+            Some("!yV8zJ2r3mQ1kP0xLw7TsNbVa9cDe4FgHiJkLmNoP"),
+            Some(""),
+            Some("bcrypt_sha256$$2b$12$abcdefghijklmnopqrstuv"),
+        ] {
+            assert_eq!(candidate(stored), Candidate::Dummy, "{stored:?}");
+        }
+        // The dummy is a real hash with today's algorithm and costs, so checking it takes as
+        // long as checking a current account's hash.
+        assert!(
+            DUMMY_HASH.starts_with("argon2$argon2id$v=19$"),
+            "{}",
+            *DUMMY_HASH
+        );
+        assert!(!needs_rehash(&DUMMY_HASH));
+    }
+
+    #[test]
+    fn usable_passwords_follow_django_but_empty_is_none() {
+        assert!(has_usable_password(DJANGO_LOW));
+        assert!(has_usable_password(
+            "argon2$argon2id$v=19$m=19456,t=2,p=1$x$y"
+        ));
+        assert!(has_usable_password("bcrypt_sha256$$2b$12$x"));
+        assert!(!has_usable_password("!"));
+        assert!(!has_usable_password(
+            "!yV8zJ2r3mQ1kP0xLw7TsNbVa9cDe4FgHiJkLmNoP"
+        ));
+        assert!(!has_usable_password(""));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashing_runs_off_the_executor_and_verifies() {
+        let stored = hash("correct horse").await.expect("hash");
+        assert!(verify("correct horse", Some(&stored)).await);
+        assert!(!verify("wrong horse", Some(&stored)).await);
+        assert!(!verify("correct horse", None).await);
+        assert!(!verify("", Some("!unusable")).await);
+        assert!(verify(DJANGO_LOW_PASSWORD, Some(DJANGO_LOW)).await);
+        let on = std::thread::current().id();
+        let there = off_executor(|| std::thread::current().id())
+            .await
+            .expect("ran");
+        assert_ne!(on, there, "a blocking thread, not the calling worker");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashes_in_flight_never_exceed_the_bound() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..4 * hashing().size + 2)
+            .map(|_| {
+                let (running, most) = (running.clone(), most.clone());
+                tokio::spawn(off_executor(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(15));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }))
+            })
+            .collect();
+        for job in jobs {
+            job.await.expect("joined").expect("ran");
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            most >= 1 && most <= hashing().size,
+            "{most} > {}",
+            hashing().size
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ async fn create_demo_user(config: &config::Config, password: Option<&str>) -> Re
     let password = password
         .map(str::to_string)
         .unwrap_or_else(|| crate::passwords::generate(20));
-    let hash = crate::passwords::hash(&password)?;
+    let hash = crate::passwords::hash(&password).await?;
     print!("Creating user `admin`... ");
     users::create(
         &db,

@@ -16,6 +16,18 @@ pub fn resolve(config: &Config, may_generate: bool) -> Result<String, String> {
     }
     let path = config.state_dir.join(FILE_NAME);
     match std::fs::read_to_string(&path) {
+        // Without `may_generate` (PostgreSQL) a stored key must be as strong as a configured one.
+        Ok(text)
+            if !may_generate
+                && !text.trim().is_empty()
+                && text.trim().len() < crate::config::MIN_SECRET_KEY_BYTES =>
+        {
+            return Err(format!(
+                "configuration error: security.secret_key (from {}): {}",
+                path.display(),
+                crate::config::weak_secret_message(text.trim().len())
+            ));
+        }
         Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

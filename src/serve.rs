@@ -182,13 +182,12 @@ pub async fn serve(
                 db: db.clone(),
                 secret_key: secret_key.clone(),
                 throttle: Arc::new(crate::throttle::connect(config.redis_url()).await),
-                revocations: Arc::new(
-                    crate::sessions::Revocations::connect(db.clone(), config.redis_url()).await,
-                ),
+                revocations: Arc::new(crate::sessions::Revocations::new(db.clone())),
                 request_log: request_log.clone(),
                 health: Arc::new(HealthChecker::new(config.clone(), db.clone())),
                 openapi: Arc::new(http::openapi::documents(&http::router())),
             });
+            crate::passwords::configure(config.settings.security.password_hash_concurrency);
             status.push(format!("listening on {}", listener.describe()));
             Some(start_http(listener, http::service(state)).await?)
         }

@@ -1,7 +1,10 @@
 //! API throttling (spec/operations.md §1.2.6, domain.md §1.6): DRF's SimpleRateThrottle sliding
 //! window per (scope, key), counted in Redis when configured (one budget shared by all web
-//! processes) or else in this process's memory. The HTTP middleware picks scopes and keys,
-//! calls [`Throttle::check`] and renders a refusal with [`wait_message`].
+//! processes) or else in this process's memory. The HTTP middleware picks scopes and keys
+//! (the client address of `crate::http::client`, ⚑ not upstream's whole `X-Forwarded-For`),
+//! calls [`Throttle::check`] and renders a refusal with [`wait_message`]. Budgets that count
+//! only some outcomes (failed logins per username) reserve an entry first and
+//! [`Throttle::release`] it when the outcome does not count.
 
 use crate::config::Rate;
 use fred::clients::WithOptions;
@@ -34,25 +37,6 @@ impl Wait {
 pub fn wait_message(seconds: u64) -> String {
     let unit = if seconds == 1 { "second" } else { "seconds" };
     format!("Request was throttled. Expected available in {seconds} {unit}.")
-}
-
-/// DRF's `get_ident`: the whole `X-Forwarded-For` header with all whitespace removed when it
-/// is present and non-empty, else the peer address (empty when there is none, e.g. on a Unix
-/// socket). ⚑ A header of only whitespace falls back to the peer instead of keying every such
-/// client as `""` like upstream.
-pub fn client_identity(forwarded_for: Option<&str>, peer: Option<&str>) -> String {
-    // Python's str.split() also splits on the ASCII separators U+001C..U+001F.
-    let is_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
-    let forwarded: String = forwarded_for
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !is_space(*c))
-        .collect();
-    if forwarded.is_empty() {
-        peer.unwrap_or("").to_string()
-    } else {
-        forwarded
-    }
 }
 
 /// One throttle backend per process, shared by all requests.
@@ -100,11 +84,61 @@ impl Throttle {
     /// `rate.count` requests were accepted within the last `rate.period_secs`. Redis failures
     /// allow the request.
     pub async fn check(&self, scope: &str, key: &str, rate: Rate) -> Result<(), Wait> {
-        match self {
-            Throttle::Memory(memory) => memory.check_at(scope, key, rate, Instant::now()),
-            Throttle::Redis(redis) => redis.check(scope, key, rate).await,
+        self.reserve(scope, key, rate).await.map(|_| ())
+    }
+
+    /// [`Throttle::check`], returning the recorded entry so that it can be taken back.
+    pub async fn reserve(&self, scope: &str, key: &str, rate: Rate) -> Result<Reservation, Wait> {
+        let entry = match self {
+            Throttle::Memory(memory) => {
+                let now = Instant::now();
+                memory.check_at(scope, key, rate, now)?;
+                Entry::Memory(now)
+            }
+            Throttle::Redis(redis) => {
+                let member = uuid::Uuid::new_v4().simple().to_string();
+                if redis.check(scope, key, rate, &member).await? {
+                    Entry::Redis(member)
+                } else {
+                    Entry::Unrecorded
+                }
+            }
+        };
+        Ok(Reservation {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            entry,
+        })
+    }
+
+    /// Takes back a reserved entry: it no longer counts against the budget.
+    pub async fn release(&self, reservation: Reservation) {
+        let Reservation { scope, key, entry } = reservation;
+        match (self, entry) {
+            (Throttle::Memory(memory), Entry::Memory(at)) => memory.release_at(&scope, &key, at),
+            (Throttle::Redis(redis), Entry::Redis(member)) => {
+                redis.remove(&scope, &key, &member).await;
+            }
+            _ => {}
         }
     }
+}
+
+/// An accepted, recorded request that [`Throttle::release`] can take back.
+#[derive(Debug)]
+pub struct Reservation {
+    scope: String,
+    key: String,
+    entry: Entry,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Memory(Instant),
+    /// The sorted-set member recorded in Redis.
+    Redis(String),
+    /// Redis did not answer and the request was let through unrecorded.
+    Unrecorded,
 }
 
 /// Every so often, drop histories whose requests have all left their window.
@@ -197,6 +231,16 @@ impl MemoryThrottle {
         }
         history.hits.push_back(now);
         Ok(())
+    }
+
+    /// Removes one hit recorded at `at` (the newest such; equal instants are interchangeable).
+    fn release_at(&self, scope: &str, key: &str, at: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(history) = state.histories.get_mut(&(scope.to_owned(), key.to_owned()))
+            && let Some(index) = history.hits.iter().rposition(|hit| *hit == at)
+        {
+            history.hits.remove(index);
+        }
     }
 }
 
@@ -302,18 +346,23 @@ impl RedisThrottle {
         }
     }
 
-    async fn check(&self, scope: &str, key: &str, rate: Rate) -> Result<(), Wait> {
+    /// Ok(true) when recorded as `member`, Ok(false) when let through unrecorded because
+    /// Redis did not answer.
+    async fn check(&self, scope: &str, key: &str, rate: Rate, member: &str) -> Result<bool, Wait> {
         // Not even queued while (re)connecting; the timeout also covers a client that was
         // never connected, whose commands would wait forever.
         let outcome = if self.client.is_connected() {
-            tokio::time::timeout(2 * COMMAND_TIMEOUT, self.check_and_record(scope, key, rate))
-                .await
-                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "no reply")))
+            tokio::time::timeout(
+                2 * COMMAND_TIMEOUT,
+                self.check_and_record(scope, key, rate, member),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "no reply")))
         } else {
             Err(Error::new(ErrorKind::IO, "not connected"))
         };
         match outcome {
-            Ok(0) => Ok(()),
+            Ok(0) => Ok(true),
             Ok(wait_ms) => Err(Wait::from_millis(wait_ms.max(1).unsigned_abs())),
             Err(err) => {
                 if let Some(suppressed) = self.warnings.should_warn(Instant::now()) {
@@ -326,17 +375,33 @@ impl RedisThrottle {
                         "throttle: Redis unavailable, allowing requests unthrottled: {err}{also}"
                     );
                 }
-                Ok(())
+                Ok(false)
             }
         }
     }
 
-    async fn check_and_record(&self, scope: &str, key: &str, rate: Rate) -> Result<i64, Error> {
+    /// Removes a recorded member; a failure only leaves it to expire with its window.
+    async fn remove(&self, scope: &str, key: &str, member: &str) {
+        let redis_key = format!("{KEY_PREFIX}{scope}:{key}");
+        let removed: Result<Result<i64, Error>, _> =
+            tokio::time::timeout(2 * COMMAND_TIMEOUT, self.client.zrem(redis_key, member)).await;
+        if !matches!(removed, Ok(Ok(_))) {
+            tracing::debug!("throttle: could not take back a reserved entry in Redis");
+        }
+    }
+
+    async fn check_and_record(
+        &self,
+        scope: &str,
+        key: &str,
+        rate: Rate,
+        member: &str,
+    ) -> Result<i64, Error> {
         let redis_key = format!("{KEY_PREFIX}{scope}:{key}");
         let args = vec![
             rate.count.to_string(),
             rate.period_secs.saturating_mul(1000).to_string(),
-            uuid::Uuid::new_v4().simple().to_string(),
+            member.to_owned(),
         ];
         let sha = self
             .script_sha
@@ -413,24 +478,6 @@ mod tests {
         assert_eq!(Wait::from_duration(Duration::ZERO).seconds, 1);
         assert_eq!(Wait::from_millis(1).seconds, 1);
         assert_eq!(Wait::from_millis(1001).seconds, 2);
-    }
-
-    #[test]
-    fn client_identity_prefers_the_whole_forwarded_header() {
-        let peer = Some("10.0.0.9");
-        assert_eq!(
-            client_identity(Some("203.0.113.7, 10.0.0.1"), peer),
-            "203.0.113.7,10.0.0.1"
-        );
-        assert_eq!(
-            client_identity(Some(" 203.0.113.7 ,\t10.0.0.1 \u{1f}"), peer),
-            "203.0.113.7,10.0.0.1"
-        );
-        assert_eq!(client_identity(Some("2001:db8::1"), peer), "2001:db8::1");
-        assert_eq!(client_identity(None, peer), "10.0.0.9");
-        assert_eq!(client_identity(Some(""), peer), "10.0.0.9");
-        assert_eq!(client_identity(Some(" \t "), peer), "10.0.0.9");
-        assert_eq!(client_identity(None, None), "");
     }
 
     #[test]
@@ -519,6 +566,28 @@ mod tests {
             .await
             .expect_err("second request refused");
         assert!((3599..=3600).contains(&wait.seconds), "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn released_reservations_no_longer_count() {
+        let throttle = Throttle::memory();
+        let r = rate(2, 60);
+        let first = throttle.reserve("login", "alice", r).await.expect("first");
+        throttle.reserve("login", "alice", r).await.expect("second");
+        assert!(throttle.reserve("login", "alice", r).await.is_err());
+        throttle.release(first).await;
+        let third = throttle
+            .reserve("login", "alice", r)
+            .await
+            .expect("room again");
+        assert!(throttle.reserve("login", "alice", r).await.is_err());
+        // A release frees exactly its own entry; another key has its own budget.
+        throttle.release(third).await;
+        throttle
+            .reserve("login", "bob", rate(1, 60))
+            .await
+            .expect("bob");
+        assert!(throttle.reserve("login", "bob", rate(1, 60)).await.is_err());
     }
 
     #[test]
@@ -636,6 +705,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn redis_reservations_are_shared_and_released() {
+        let Some(url) = test_redis().await else {
+            return;
+        };
+        let web1 = redis_throttle(&url).await;
+        let web2 = redis_throttle(&url).await;
+        let scope = unique_scope("login");
+        let r = rate(2, 900);
+        let kept = web1.reserve(&scope, "alice", r).await.expect("first");
+        let taken_back = web2.reserve(&scope, "alice", r).await.expect("second");
+        assert!(
+            web1.reserve(&scope, "alice", r).await.is_err(),
+            "shared budget"
+        );
+        web2.release(taken_back).await;
+        web1.reserve(&scope, "alice", r)
+            .await
+            .expect("room after the release");
+        let wait = web2
+            .reserve(&scope, "alice", r)
+            .await
+            .expect_err("full again");
+        assert!((899..=900).contains(&wait.seconds), "{wait:?}");
+        drop(kept);
+    }
+
+    #[tokio::test]
     async fn redis_window_slides() {
         let Some(url) = test_redis().await else {
             return;
@@ -671,7 +767,7 @@ mod tests {
             script_sha: tokio::sync::OnceCell::new_with(Some("0".repeat(40))),
             warnings: WarningLimiter::default(),
         };
-        let result = stale.check_and_record(&scope, "k", rate(5, 60)).await;
+        let result = stale.check_and_record(&scope, "k", rate(5, 60), "m").await;
         assert_eq!(result.expect("reloaded and ran"), 0);
         let key = format!("{KEY_PREFIX}{scope}:k");
         let card: u64 = redis.client.zcard(key.as_str()).await.expect("zcard");

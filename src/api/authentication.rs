@@ -1,6 +1,6 @@
 //! `/authentication/` (domain.md §5): login with a local password (Django hashes are
-//! rehashed to argon2id) or LDAP, session and CSRF cookies, logout revoking the session,
-//! and whoami.
+//! rehashed to argon2id) or LDAP, within a per-username failed-login budget; session and
+//! CSRF cookies, logout revoking the session, and whoami.
 
 use super::fields::{Text, Validator};
 use super::{Via, body, context};
@@ -35,21 +35,32 @@ fn cookie(
     c.build()
 }
 
+/// Throttle scope of the per-username failed-login budget (`security.login_failures`).
+const LOGIN_FAILURES: &str = "login-failures";
+
 /// Checks the local password, then LDAP; returns the user on success.
+///
+/// Every attempt costs one password verification, whether or not the username exists, is
+/// active or has a usable password (those verify against a dummy hash), so the time taken
+/// does not tell which usernames exist. An account with a usable local password is only
+/// ever reached with that password: the directory is not asked, and an LDAP login whose
+/// entry carries the same username is refused (see `upsert_ldap_login`).
 async fn check_credentials(
     app: &AppState,
     username: &str,
     password: &str,
 ) -> Result<Option<User>, ApiError> {
-    if let Some(user) = users::by_username(&app.db, username).await?
-        && crate::passwords::verify(password, &user.password)
-    {
-        if !user.is_active {
+    let found = users::by_username(&app.db, username).await?;
+    let local = found.filter(|u| crate::passwords::has_usable_password(&u.password));
+    let verified =
+        crate::passwords::verify(password, local.as_ref().map(|u| u.password.as_str())).await;
+    if let Some(user) = local {
+        if !verified || !user.is_active {
             return Ok(None);
         }
         if crate::passwords::needs_rehash(&user.password) {
             // Upstream (Django) hashes move to argon2id on first successful login.
-            if let Ok(new_hash) = crate::passwords::hash(password) {
+            if let Ok(new_hash) = crate::passwords::hash(password).await {
                 users::set_password_hash(&app.db, user.id, &new_hash).await?;
                 let mut user = user;
                 user.password = new_hash;
@@ -75,6 +86,31 @@ async fn check_credentials(
     }
 }
 
+/// [`check_credentials`] within the username's failed-login budget: refused with 429 (and
+/// no password check) once `security.login_failures` failures fall within its period. The
+/// attempt is counted before the check, so parallel attempts cannot overrun the budget, and
+/// taken back unless it failed on the credentials; a success does not clear earlier
+/// failures. Usernames are compared case-insensitively, as directories match them.
+async fn check_within_budget(
+    app: &AppState,
+    username: &str,
+    password: &str,
+) -> Result<Option<User>, ApiError> {
+    let Some(limit) = app.config.login_failure_limit() else {
+        return check_credentials(app, username, password).await;
+    };
+    let attempt = app
+        .throttle
+        .reserve(LOGIN_FAILURES, &username.to_lowercase(), limit)
+        .await
+        .map_err(|wait| ApiError::Throttled(wait.seconds))?;
+    let outcome = check_credentials(app, username, password).await;
+    if !matches!(outcome, Ok(None)) {
+        app.throttle.release(attempt).await;
+    }
+    outcome
+}
+
 /// Log in.
 ///
 /// Authenticates with a username and password. On success the response sets the `sessionid`
@@ -86,7 +122,7 @@ async fn check_credentials(
 )]
 pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
-        let (app, _caller) = context(depot)?;
+        let app = super::app(depot)?;
         let body = body::read(req).await?;
         body.require_object()?;
         let mut v = Validator::new(&body.fields, false);
@@ -105,7 +141,7 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let (Some(username), Some(Some(password))) = (username, password) else {
             return Err(ApiError::field("non_field_errors", INVALID));
         };
-        let Some(user) = check_credentials(&app, &username, &password).await? else {
+        let Some(user) = check_within_budget(&app, &username, &password).await? else {
             return Err(ApiError::field("non_field_errors", INVALID));
         };
         users::set_last_login(&app.db, user.id).await?;
@@ -120,7 +156,7 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     .await;
     match result {
         Ok((token, age, body)) => {
-            let app = context(depot).map(|(a, _)| a);
+            let app = super::app(depot);
             if let Ok(app) = app {
                 res.add_cookie(cookie(&app, SESSION_COOKIE, token, age as i64, true));
                 res.add_cookie(cookie(
@@ -148,8 +184,7 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 pub async fn logout(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<(), ApiError> = async {
         let (app, caller) = context(depot)?;
-        caller.require()?;
-        if let Some(Via::Session(claims)) = &caller.via {
+        if let Via::Session(claims) = &caller.via {
             let expires =
                 chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(chrono::Utc::now);
             app.revocations.revoke(&claims.jti, expires).await?;
@@ -189,7 +224,7 @@ pub async fn logout(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
 pub async fn whoami(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<Value, ApiError> = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?;
+        let me = &caller.user;
         super::users::represent_one(&app.db, me).await
     }
     .await;

@@ -5,7 +5,7 @@
 
 use crate::config::Engine;
 use crate::http::ApiError;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use sea_query::{Cond, Expr, ExprTrait, Func, LikeExpr, Order, SelectStatement, Value};
 use serde_json::{Map, Value as Json};
 
@@ -85,6 +85,13 @@ pub struct ListQuery {
 
 pub const DEFAULT_LIMIT: u64 = 100;
 pub const MAX_LIMIT: u64 = 1000;
+/// Elements of one `__in`/`__not_in` list (a page of ids, at the largest page size).
+pub const MAX_LIST_VALUES: usize = 1000;
+/// Elements of all `__in`/`__not_in` lists of one request together. Each element is a bound
+/// parameter: this keeps a query well below SQLite's 32766 and PostgreSQL's 65535.
+pub const MAX_REQUEST_VALUES: usize = 5000;
+/// Terms of one `_search` (each term is one bound parameter per search field).
+pub const MAX_SEARCH_TERMS: usize = 100;
 
 const NUMBER: &str = "Enter a number.";
 const DATE: &str = "Enter a valid date.";
@@ -189,9 +196,12 @@ fn parse_value(
             "false" | "0" => Some(Parsed::V(false.into())),
             _ => Some(Parsed::Skip),
         },
-        Kind::Date => match NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d") {
-            Ok(d) => Some(Parsed::V(d.into())),
-            Err(_) => {
+        Kind::Date => match NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d")
+            .ok()
+            .filter(|d| SUPPORTED_YEARS.contains(&d.year()))
+        {
+            Some(d) => Some(Parsed::V(d.into())),
+            None => {
                 add_error(errors, param, DATE.into());
                 None
             }
@@ -206,8 +216,17 @@ fn parse_value(
     }
 }
 
+/// Years a date or datetime filter accepts: upstream's (Python's `date`), which both databases
+/// store (PostgreSQL refuses dates before 4713 BC with an error, not an empty result).
+const SUPPORTED_YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
 /// ISO 8601 datetime; a bare date is midnight; naive values are in the server time zone.
+/// Years outside 1..=9999 (after conversion to UTC) are not valid.
 pub fn parse_datetime(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    parse_any_datetime(s, tz).filter(|dt| SUPPORTED_YEARS.contains(&dt.year()))
+}
+
+fn parse_any_datetime(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.with_timezone(&Utc));
     }
@@ -353,7 +372,17 @@ fn parse_collect(
     let mut order = Vec::new();
     let mut cond = Cond::all();
     let mut fk_checks = Vec::new();
-    for (key, raw) in params {
+    let mut list_values = 0usize;
+    // A repeated parameter counts once, with its last value, as upstream's `QueryDict.get`.
+    let last: std::collections::HashMap<&str, usize> = params
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_str(), i))
+        .collect();
+    for (i, (key, raw)) in params.iter().enumerate() {
+        if last.get(key.as_str()) != Some(&i) {
+            continue;
+        }
         match key.as_str() {
             "_limit" => {
                 limit = match raw.trim().parse::<i64>() {
@@ -397,7 +426,16 @@ fn parse_collect(
                 if spec.search.is_empty() {
                     continue;
                 }
-                for term in search_terms(raw) {
+                let terms = search_terms(raw);
+                if terms.len() > MAX_SEARCH_TERMS {
+                    add_error(
+                        &mut errors,
+                        "_search",
+                        format!("Ensure this field has no more than {MAX_SEARCH_TERMS} terms."),
+                    );
+                    continue;
+                }
+                for term in terms {
                     let pattern = format!("%{}%", like_escape(&term.to_lowercase()));
                     let mut any = Cond::any();
                     for field in spec.search {
@@ -434,12 +472,30 @@ fn parse_collect(
                 _ => {}
             },
             "in" | "not_in" => {
+                let items: Vec<&str> = raw.split(',').filter(|i| !i.is_empty()).collect();
+                if items.len() > MAX_LIST_VALUES {
+                    add_error(
+                        &mut errors,
+                        key,
+                        format!("Ensure this field has no more than {MAX_LIST_VALUES} elements."),
+                    );
+                    continue;
+                }
+                list_values += items.len();
+                if list_values > MAX_REQUEST_VALUES {
+                    add_error(
+                        &mut errors,
+                        key,
+                        format!(
+                            "Ensure the list filters of one request have no more than \
+                             {MAX_REQUEST_VALUES} elements together."
+                        ),
+                    );
+                    continue;
+                }
                 let mut values = Vec::new();
                 let mut ok = true;
-                for item in raw.split(',') {
-                    if item.is_empty() {
-                        continue;
-                    }
+                for item in items {
                     match parse_value(column.kind, item, tz, key, &mut errors) {
                         Some(Parsed::V(v)) => values.push(v),
                         Some(Parsed::Skip) => {}
@@ -773,6 +829,10 @@ where
     };
     Ok((rows, page))
 }
+
+#[cfg(test)]
+#[path = "list_props.rs"]
+mod props;
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@ pub mod users;
 
 use crate::auth::SessionClaims;
 use crate::db::users::User;
+use crate::http::route::{Endpoint, Routes};
 use crate::http::{ApiError, AppState};
 use salvo::prelude::*;
 use std::sync::Arc;
@@ -31,35 +32,49 @@ pub enum Via {
     Token,
 }
 
-/// The authenticated user of a request, if any (set by the authentication middleware).
-#[derive(Debug, Clone, Default)]
+/// The authenticated user of a request. Only the route gate (`crate::http::access`) puts one
+/// in the depot, after it has checked the credentials; handlers of protected routes get it
+/// through [`context`], so a handler cannot run as an anonymous caller by forgetting a check.
+#[derive(Debug, Clone)]
 pub struct Caller {
-    pub user: Option<User>,
-    pub via: Option<Via>,
+    pub user: User,
+    pub via: Via,
 }
 
 impl Caller {
     pub fn is_staff(&self) -> bool {
-        self.user.as_ref().map(|u| u.is_staff).unwrap_or(false)
+        self.user.is_staff
     }
 
-    pub fn id(&self) -> Option<i64> {
-        self.user.as_ref().map(|u| u.id)
-    }
-
-    /// The user, or 401.
-    pub fn require(&self) -> Result<&User, ApiError> {
-        self.user.as_ref().ok_or_else(ApiError::not_authenticated)
+    pub fn id(&self) -> i64 {
+        self.user.id
     }
 }
 
-/// State and caller of the current request.
+/// State and authenticated caller of the current request; 401 when the request carries no
+/// valid credentials (the gate of a protected route has already answered that case).
 pub fn context(depot: &Depot) -> Result<(Arc<AppState>, Caller), ApiError> {
     let app = crate::http::state(depot)
         .map_err(|_| ApiError::Internal)?
         .clone();
-    let caller = depot.get_typed::<Caller>().cloned().unwrap_or_default();
+    let caller = depot
+        .get_typed::<Caller>()
+        .cloned()
+        .map_err(|_| ApiError::not_authenticated())?;
     Ok((app, caller))
+}
+
+/// The shared state, for public routes (login) that have no caller to require.
+pub fn app(depot: &Depot) -> Result<Arc<AppState>, ApiError> {
+    Ok(crate::http::state(depot)
+        .map_err(|_| ApiError::Internal)?
+        .clone())
+}
+
+/// The authenticated caller, if any: for the few public routes (login) that behave
+/// differently for a caller who already holds a session.
+pub fn identity(depot: &Depot) -> Option<Caller> {
+    depot.get_typed::<Caller>().ok().cloned()
 }
 
 /// Parses the `{id}` path parameter: anything but a non-negative integer is a plain 404.
@@ -120,7 +135,7 @@ pub(crate) fn meta(name: &'static str, description: &'static str) -> Metadata {
 
 macro_rules! collection {
     ($path:expr, $list:expr, $create:expr, $name:expr) => {
-        salvo::Router::with_path($path)
+        $crate::http::route::Endpoint::protected($path)
             .get($list)
             .head($list)
             .post($create)
@@ -130,7 +145,7 @@ macro_rules! collection {
 
 macro_rules! item {
     ($path:expr, $get:expr, $put:expr, $patch:expr, $delete:expr, $name:expr) => {
-        salvo::Router::with_path($path)
+        $crate::http::route::Endpoint::protected($path)
             .get($get)
             .head($get)
             .put($put)
@@ -142,7 +157,7 @@ macro_rules! item {
 
 macro_rules! read_only {
     ($path:expr, $get:expr, $name:expr) => {
-        salvo::Router::with_path($path)
+        $crate::http::route::Endpoint::protected($path)
             .get($get)
             .head($get)
             .options($crate::api::meta($name, ""))
@@ -154,15 +169,15 @@ macro_rules! read_only {
 pub(crate) use {collection, item, read_only};
 
 /// Every resource route, with upstream's exact paths.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .push(
-            Router::with_path("authentication/login/")
+            Endpoint::public("authentication/login/")
                 .post(authentication::login)
                 .options(meta("Login", "")),
         )
         .push(
-            Router::with_path("authentication/logout/")
+            Endpoint::protected("authentication/logout/")
                 .post(authentication::logout)
                 .options(meta("Logout", "")),
         )
@@ -269,8 +284,7 @@ const ROOTS: [(&str, &[&str]); 4] = [
 /// `GET /<prefix>/`: each resource name mapped to its absolute collection URL.
 #[handler]
 async fn api_root(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = context(depot).and_then(|(_, caller)| {
-        caller.require()?;
+    let result = context(depot).map(|(_, _caller)| {
         let prefix = req.uri().path().trim_matches('/').to_string();
         let base = base_url(req);
         let names = ROOTS
@@ -282,16 +296,16 @@ async fn api_root(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             .iter()
             .map(|n| (n.to_string(), format!("{base}/{prefix}/{n}/").into()))
             .collect();
-        Ok(serde_json::Value::Object(map))
+        serde_json::Value::Object(map)
     });
     respond(res, salvo::http::StatusCode::OK, result);
 }
 
 /// The API roots of the four router prefixes.
-pub fn roots() -> Router {
-    ROOTS.iter().fold(Router::new(), |r, (prefix, _)| {
+pub fn roots() -> Routes {
+    ROOTS.iter().fold(Routes::new(), |r, (prefix, _)| {
         r.push(
-            Router::with_path(format!("{prefix}/"))
+            Endpoint::protected(format!("{prefix}/"))
                 .get(api_root)
                 .head(api_root)
                 .options(meta("Api Root", "")),

@@ -91,7 +91,7 @@ pub fn slugify(name: &str) -> String {
 /// List visibility: staff see every team; others the active teams they belong to.
 fn list_scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
-        let id = caller.id().unwrap_or(-1);
+        let id = caller.id();
         q.and_where(Expr::col(Alias::new("is_active")).eq(true));
         let mut mine = Query::select();
         mine.column(Alias::new("team_id"))
@@ -323,7 +323,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 
 /// Staff or an admin/owner of the (visible) team, else 403.
 async fn writable(db: &Db, caller: &Caller, id: i64) -> Result<TeamRow, ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     let team = visible(db, caller, id).await?;
     if !me.is_staff && !is_privileged(db, me.id, team.id).await? {
         return Err(ApiError::forbidden());

@@ -463,7 +463,9 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let body = body::read(req).await?;
         let c = validate(&app.db, &body, false, true, None).await?;
         let password = c.password.clone().unwrap_or_default();
-        let hash = crate::passwords::hash(&password).map_err(|_| ApiError::Internal)?;
+        let hash = crate::passwords::hash(&password)
+            .await
+            .map_err(|_| ApiError::Internal)?;
         let new = crate::db::users::NewUser {
             username: c.username.clone().unwrap_or_default(),
             email: c.email.clone().flatten(),
@@ -494,7 +496,7 @@ pub fn audit_context(req: &Request, depot: &Depot) -> AuditContext {
 
 async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<Value, ApiError> {
     let (app, caller) = context(depot)?;
-    let me = caller.require()?.clone();
+    let me = caller.user.clone();
     let id = path_id(req)?;
     let target = visible_user(&app, &caller, id).await?;
     if !me.is_staff && me.id != target.id {
@@ -523,7 +525,9 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     set!(is_ldap_user);
     set!(is_superuser);
     if let Some(p) = &c.password {
-        after.password = crate::passwords::hash(p).map_err(|_| ApiError::Internal)?;
+        after.password = crate::passwords::hash(p)
+            .await
+            .map_err(|_| ApiError::Internal)?;
     }
     let ctx = audit_context(req, depot);
     let mut tx = app.db.begin().await?;
@@ -602,7 +606,7 @@ pub async fn patch(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<(), ApiError> = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?.clone();
+        let me = caller.user.clone();
         let id = path_id(req)?;
         let target = visible_user(&app, &caller, id).await?;
         if !me.is_staff && me.id != target.id {
@@ -668,8 +672,8 @@ pub async fn protected_references(db: &Db, user_id: i64) -> Result<Vec<String>, 
 /// Whether the caller authenticated by session (used by logout).
 pub fn session_of(caller: &Caller) -> Option<&crate::auth::SessionClaims> {
     match &caller.via {
-        Some(Via::Session(c)) => Some(c),
-        _ => None,
+        Via::Session(c) => Some(c),
+        Via::Token => None,
     }
 }
 
@@ -684,7 +688,9 @@ pub async fn all(db: &Db) -> Result<Vec<User>, ApiError> {
 }
 
 /// After a successful LDAP login: create the local account (not yet marked as an LDAP user;
-/// the sync does that) or refresh its mapped fields. Returns the current row.
+/// the sync does that) or refresh its mapped fields. Returns the current row, or None when
+/// the username belongs to an account with a usable local password: a directory entry never
+/// logs in as (or edits) such an account, whatever its `is_ldap_user` flag says.
 pub async fn upsert_ldap_login(
     db: &Db,
     account: &crate::ldap::LdapUser,
@@ -710,6 +716,13 @@ pub async fn upsert_ldap_login(
                 is_ldap_user: false,
             };
             Ok(Some(insert(db, &ctx, &new, &fields).await?))
+        }
+        Some(before) if crate::passwords::has_usable_password(&before.password) => {
+            tracing::warn!(
+                username = %before.username,
+                "LDAP login refused: a local account with its own password has this username"
+            );
+            Ok(None)
         }
         Some(before) => {
             let mut after = before.clone();

@@ -371,7 +371,7 @@ pub fn load(opts: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
             }),
         );
     }
-    let config = Config {
+    let mut config = Config {
         settings,
         state_dir,
         config_file,
@@ -380,7 +380,35 @@ pub fn load(opts: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
         notices,
     };
     config.validate()?;
+    if let Some(key) = &config.settings.security.secret_key
+        && key.len() < MIN_SECRET_KEY_BYTES
+    {
+        // SQLite (a trial or small site) keeps working with a short key, but says so.
+        let source = config
+            .sources
+            .get("security.secret_key")
+            .map(|s| format!(" (from {s})"))
+            .unwrap_or_default();
+        let warning = format!(
+            "security.secret_key{source} is {} bytes; session tokens signed with it are \
+             guessable, use at least {MIN_SECRET_KEY_BYTES} random bytes (PostgreSQL sites \
+             refuse to start with a shorter key)",
+            key.len()
+        );
+        config.warnings.push(warning);
+    }
     Ok(config)
+}
+
+/// The shortest `security.secret_key` a PostgreSQL (production) site accepts: 256 bits.
+pub const MIN_SECRET_KEY_BYTES: usize = 32;
+
+/// Why a PostgreSQL site refuses a secret key of `len` bytes.
+pub fn weak_secret_message(len: usize) -> String {
+    format!(
+        "too short for a production (PostgreSQL) deployment: {len} bytes, at least \
+         {MIN_SECRET_KEY_BYTES} needed; generate one with `head -c 48 /dev/urandom | base64`"
+    )
 }
 
 fn one_line(s: &str) -> String {
@@ -633,7 +661,20 @@ impl FromStr for Rate {
             .trim()
             .parse()
             .map_err(|_| format!("invalid request count \"{count}\""))?;
-        let period_secs = match period.trim().chars().next() {
+        // DRF reads only the unit's first letter; a leading number of units (`15m`) is a
+        // Keystone extension.
+        let period_text = period.trim();
+        let unit_at = period_text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(period_text.len());
+        let (units, unit) = period_text.split_at(unit_at);
+        let units: u64 = match units {
+            "" => 1,
+            n => n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                format!("invalid period \"{period}\": the number of units must be at least 1")
+            })?,
+        };
+        let unit_secs = match unit.chars().next() {
             Some('s') => 1,
             Some('m') => 60,
             Some('h') => 3600,
@@ -644,6 +685,9 @@ impl FromStr for Rate {
                 ));
             }
         };
+        let period_secs = units
+            .checked_mul(unit_secs)
+            .ok_or_else(|| format!("invalid period \"{period}\": too long"))?;
         Ok(Rate { count, period_secs })
     }
 }
@@ -744,6 +788,25 @@ impl Config {
             .user
             .parse::<Rate>()
             .map_err(|m| self.err("throttle.user", q(&s.throttle.user), m))?;
+        if !s.security.login_failures.trim().is_empty() {
+            let rate = s.security.login_failures.parse::<Rate>().map_err(|m| {
+                self.err("security.login_failures", q(&s.security.login_failures), m)
+            })?;
+            if rate.count == 0 {
+                return Err(self.err(
+                    "security.login_failures",
+                    q(&s.security.login_failures),
+                    "allow at least 1 failure per period, or set \"\" to turn the limit off",
+                ));
+            }
+        }
+        if s.server.trusted_proxies == 0 {
+            return Err(self.err(
+                "server.trusted_proxies",
+                Some("0".into()),
+                "must be at least 1 (turn server.trust_forwarded_for off to ignore X-Forwarded-For)",
+            ));
+        }
         for origin in &s.security.allowed_origins {
             let ok = url::Url::parse(origin)
                 .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
@@ -765,6 +828,16 @@ impl Config {
         }
         if s.database.pool_size == 0 {
             return Err(self.err("database.pool_size", Some("0".into()), "must be at least 1"));
+        }
+        if s.database.engine == Engine::Postgres
+            && let Some(key) = &s.security.secret_key
+            && key.len() < MIN_SECRET_KEY_BYTES
+        {
+            return Err(self.err(
+                "security.secret_key",
+                Some(String::new()),
+                weak_secret_message(key.len()),
+            ));
         }
         if s.database.engine == Engine::Postgres && s.database.name.is_empty() {
             return Err(self.err(
@@ -852,10 +925,19 @@ impl Config {
             ("worker.visibility_timeout", s.worker.visibility_timeout),
             ("worker.max_deliveries", u64::from(s.worker.max_deliveries)),
             ("beat.lease", s.beat.lease),
+            ("batch.max_steps", s.batch.max_steps),
+            ("batch.time_limit", s.batch.time_limit),
         ] {
             if value == 0 {
                 return Err(self.err(key, Some("0".into()), "must be at least 1"));
             }
+        }
+        if s.batch.max_depth > MAX_BATCH_DEPTH {
+            return Err(self.err(
+                "batch.max_depth",
+                Some(s.batch.max_depth.to_string()),
+                format!("must be at most {MAX_BATCH_DEPTH}"),
+            ));
         }
         if s.redis.prefix.is_empty() || s.redis.prefix.contains(char::is_whitespace) {
             return Err(self.err(
@@ -962,6 +1044,15 @@ impl Config {
             .timezone
             .parse()
             .unwrap_or(chrono_tz::UTC)
+    }
+
+    /// The per-username failed-login limit, None when `security.login_failures` is empty.
+    pub fn login_failure_limit(&self) -> Option<Rate> {
+        let text = self.settings.security.login_failures.trim();
+        if text.is_empty() {
+            return None;
+        }
+        text.parse().ok()
     }
 
     pub fn worker_concurrency(&self) -> usize {

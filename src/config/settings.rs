@@ -65,6 +65,7 @@ pub struct Settings {
     pub beat: Beat,
     pub health: Health,
     pub shutdown: Shutdown,
+    pub batch: Batch,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,8 +79,12 @@ pub struct Server {
     pub timezone: String,
     #[serde(deserialize_with = "lenient::opt_string")]
     pub static_dir: Option<String>,
+    /// Take the client address from `X-Forwarded-For` (see `crate::http::client`).
     #[serde(deserialize_with = "lenient::bool")]
     pub trust_forwarded_for: bool,
+    /// Reverse proxies in front of Keystone that append to `X-Forwarded-For`.
+    #[serde(deserialize_with = "lenient::uint")]
+    pub trusted_proxies: u64,
     /// Largest accepted request body in bytes (uploads are checked against
     /// `upload.max_size` separately).
     #[serde(deserialize_with = "lenient::uint")]
@@ -93,7 +98,8 @@ impl Default for Server {
             state_dir: None,
             timezone: "UTC".into(),
             static_dir: None,
-            trust_forwarded_for: true,
+            trust_forwarded_for: false,
+            trusted_proxies: 1,
             max_body_size: 10 * 1024 * 1024,
         }
     }
@@ -124,6 +130,12 @@ pub struct Security {
     pub session_age: u64,
     #[serde(deserialize_with = "lenient::opt_string")]
     pub token_domain: Option<String>,
+    /// Password hashes computed at once per process; 0 = one less than the CPUs (at least 1).
+    #[serde(deserialize_with = "lenient::uint")]
+    pub password_hash_concurrency: u64,
+    /// Failed logins allowed per username and period (`5/15m`); empty disables the limit.
+    #[serde(deserialize_with = "lenient::string")]
+    pub login_failures: String,
 }
 
 impl Default for Security {
@@ -140,6 +152,8 @@ impl Default for Security {
             allowed_origins: strings(&DEFAULT_ALLOWED_ORIGINS),
             session_age: 1_209_600,
             token_domain: None,
+            password_hash_concurrency: 0,
+            login_failures: "5/15m".into(),
         }
     }
 }
@@ -583,6 +597,40 @@ pub struct Shutdown {
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown { grace_seconds: 25 }
+    }
+}
+
+/// Bounds on one `/batch/` request (docs/security.md §3). Each resolved step is also held
+/// to `server.max_body_size`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Batch {
+    /// Steps one job may list (a nested job is a job of its own).
+    #[serde(deserialize_with = "lenient::uint")]
+    pub max_steps: u64,
+    /// Levels of batch jobs nested below the outermost one; 0 forbids nesting.
+    #[serde(deserialize_with = "lenient::uint")]
+    pub max_depth: u64,
+    /// `@ref{}`/`@file{}` tokens one request may resolve, nested jobs included.
+    #[serde(deserialize_with = "lenient::uint")]
+    pub max_expansions: u64,
+    /// Seconds one request may run its steps; a job that overruns is rolled back whole.
+    #[serde(deserialize_with = "lenient::uint")]
+    pub time_limit: u64,
+}
+
+/// Highest accepted `batch.max_depth`: each level adds a whole request's frames to the
+/// stack of the thread that runs the job.
+pub const MAX_BATCH_DEPTH: u64 = 8;
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            max_steps: 100,
+            max_depth: 1,
+            max_expansions: 1000,
+            time_limit: 30,
+        }
     }
 }
 

@@ -457,3 +457,73 @@ fn example_file_lists_every_key_and_loads() {
     let c = load(&with_file(&f), &env(&[])).expect("example values load");
     assert_eq!(c.settings.ldap.attr_map.len(), 3);
 }
+
+#[test]
+fn periods_may_count_units_and_login_failures_validate() {
+    let rate = |count, period_secs| Ok(Rate { count, period_secs });
+    assert_eq!("5/15m".parse::<Rate>(), rate(5, 900));
+    assert_eq!("5/15min".parse::<Rate>(), rate(5, 900));
+    assert_eq!("3/2h".parse::<Rate>(), rate(3, 7200));
+    assert_eq!("3/1d".parse::<Rate>(), rate(3, 86400));
+    assert!("5/0m".parse::<Rate>().is_err());
+    assert!("5/15".parse::<Rate>().is_err());
+    assert!("5/99999999999999999999m".parse::<Rate>().is_err());
+
+    let defaults = load_env(&env(&[])).expect("defaults");
+    assert_eq!(
+        defaults.login_failure_limit(),
+        Some(Rate {
+            count: 5,
+            period_secs: 900
+        })
+    );
+    assert!(!defaults.settings.server.trust_forwarded_for);
+    assert_eq!(defaults.settings.server.trusted_proxies, 1);
+    assert_eq!(defaults.settings.security.password_hash_concurrency, 0);
+    let off = load_env(&env(&[("KEYSTONE_SECURITY__LOGIN_FAILURES", "")])).expect("off");
+    assert_eq!(off.login_failure_limit(), None);
+    for (key, value) in [
+        ("KEYSTONE_SECURITY__LOGIN_FAILURES", "0/15m"),
+        ("KEYSTONE_SECURITY__LOGIN_FAILURES", "five"),
+        ("KEYSTONE_SERVER__TRUSTED_PROXIES", "0"),
+    ] {
+        let e = load_env(&env(&[(key, value)])).expect_err(value);
+        let expected = key
+            .trim_start_matches("KEYSTONE_")
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        assert_eq!(e.key.as_deref(), Some(expected.as_str()), "{value}");
+    }
+}
+
+#[test]
+fn postgres_refuses_a_secret_key_shorter_than_32_bytes_and_sqlite_warns() {
+    let short = "k".repeat(31);
+    let e = load_env(&env(&[
+        ("DB_POSTGRES_ENABLE", "true"),
+        ("SECURE_SECRET_KEY", &short),
+    ]))
+    .expect_err("short key with PostgreSQL");
+    assert_eq!(e.key.as_deref(), Some("security.secret_key"));
+    let text = e.to_string();
+    assert!(
+        text.starts_with("configuration error: security.secret_key = *** (from environment variable SECURE_SECRET_KEY")
+            && text.contains("31 bytes, at least 32 needed"),
+        "{text}"
+    );
+    assert!(!text.contains(&short), "the key is never shown: {text}");
+    let enough = "k".repeat(32);
+    load_env(&env(&[
+        ("DB_POSTGRES_ENABLE", "true"),
+        ("SECURE_SECRET_KEY", &enough),
+    ]))
+    .expect("32 bytes are enough");
+    let sqlite = load_env(&env(&[("SECURE_SECRET_KEY", &short)])).expect("SQLite accepts it");
+    assert!(
+        sqlite.warnings.iter().any(|w| w
+            .starts_with("security.secret_key (from environment variable SECURE_SECRET_KEY")
+            && w.contains("is 31 bytes")),
+        "{:?}",
+        sqlite.warnings
+    );
+}

@@ -520,10 +520,14 @@ macro_rules! on_tx {
 }
 
 impl Db {
+    /// Opens a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`):
+    /// a deferred transaction that reads and then writes fails at once with "database is
+    /// locked" (SQLITE_BUSY_SNAPSHOT) when another request committed in between, whatever
+    /// the busy timeout, while an immediate one waits for the lock.
     pub async fn begin(&self) -> Result<Tx, DbError> {
         Ok(match self {
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
-            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Db::PostgresPinned(p) => Tx::PostgresPinned(p.clone()),
             Db::SqlitePinned(p) => Tx::SqlitePinned(p.clone()),
         })

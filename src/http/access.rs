@@ -1,7 +1,9 @@
-//! Authentication, CSRF and the anonymous-access policy, in upstream's order (domain.md §1.3,
-//! §5.1): token first, then the session cookie; CSRF for session-authenticated unsafe
-//! requests; 401 for anonymous callers of protected paths whatever the method; then throttling.
+//! The gate of every route, in upstream's order (domain.md §1.3, §5.1): token first, then
+//! the session cookie; CSRF for session-authenticated unsafe requests; 401 for anonymous
+//! callers of protected routes whatever the method; then throttling. What applies is the
+//! [`Policy`] the matched route was declared with (`crate::http::route`), never the raw path.
 
+use super::route::{Access, Policy};
 use super::{ApiError, state};
 use crate::api::{Caller, Via};
 use crate::auth;
@@ -11,36 +13,6 @@ use salvo::prelude::*;
 
 pub const SESSION_COOKIE: &str = "sessionid";
 pub const CSRF_COOKIE: &str = "csrftoken";
-
-/// Path prefixes that need an authenticated caller for every method (DRF views with
-/// `IsAuthenticated`). Everything else is public or not an API view.
-const PROTECTED: [&str; 11] = [
-    "/media/",
-    "/users/",
-    "/allocations/",
-    "/research/",
-    "/notifications/",
-    "/stats/",
-    "/batch/",
-    "/logs/",
-    "/config/",
-    "/authentication/logout/",
-    "/authentication/whoami/",
-];
-
-/// Paths that are DRF views (throttled); the site root and unknown paths are not.
-fn throttled(path: &str) -> bool {
-    path != "/"
-        && (PROTECTED.iter().any(|p| path.starts_with(p))
-            || path.starts_with("/health/")
-            || path.starts_with("/openapi/")
-            || path == "/version/"
-            || path == "/authentication/login/")
-}
-
-pub fn is_protected(path: &str) -> bool {
-    PROTECTED.iter().any(|p| path.starts_with(p))
-}
 
 fn unsafe_method(m: &Method) -> bool {
     !matches!(
@@ -110,70 +82,76 @@ async fn session_user(
     Ok(Some((user, claims)))
 }
 
-#[handler]
-pub async fn authenticate(
-    req: &mut Request,
-    depot: &mut Depot,
-    res: &mut Response,
-    ctrl: &mut FlowCtrl,
-) {
-    let Ok(app) = state(depot).cloned() else {
-        ApiError::Internal.render(res);
-        ctrl.skip_rest();
-        return;
-    };
-    if depot.get_typed::<Cid>().is_err() {
-        depot.insert_typed(Cid(correlation_id(req)));
-    }
-    // Steps of a batch carry the batch caller's identity (no cookies, no CSRF).
-    let outcome = match depot.get_typed::<Delegated>() {
-        Ok(d) => Ok(d.0.clone()),
-        Err(_) => identify(req, &app).await,
-    };
-    let caller = match outcome {
-        Ok(c) => c,
-        Err(e) => {
-            e.render(res);
+/// The hoop of a route: identifies the caller, applies the route's policy, and puts the
+/// authenticated [`Caller`] (if any) in the depot for the handlers.
+pub struct Gate(pub Policy);
+
+#[async_trait]
+impl Handler for Gate {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+    ) {
+        let Ok(app) = state(depot).cloned() else {
+            ApiError::Internal.render(res);
+            ctrl.skip_rest();
+            return;
+        };
+        if depot.get_typed::<Cid>().is_err() {
+            depot.insert_typed(Cid(correlation_id(req)));
+        }
+        // Steps of a batch carry the batch caller's identity (no cookies, no CSRF).
+        let outcome = match depot.get_typed::<Delegated>() {
+            Ok(d) => Ok(Some(d.0.clone())),
+            Err(_) => identify(req, &app).await,
+        };
+        let caller = match outcome {
+            Ok(c) => c,
+            Err(e) => {
+                e.render(res);
+                ctrl.skip_rest();
+                return;
+            }
+        };
+        if caller.is_none() && self.0.access == Access::Authenticated {
+            ApiError::not_authenticated().render(res);
             ctrl.skip_rest();
             return;
         }
-    };
-    let path = req.uri().path().to_string();
-    if caller.user.is_none() && is_protected(&path) {
-        ApiError::not_authenticated().render(res);
-        ctrl.skip_rest();
-        return;
+        if self.0.throttled
+            && let Err(wait) = check_throttle(req, &app, caller.as_ref()).await
+        {
+            ApiError::Throttled(wait).render(res);
+            ctrl.skip_rest();
+            return;
+        }
+        if let Some(caller) = caller {
+            tracing::Span::current().record("keystone_user_id", caller.id());
+            depot.insert_typed(caller);
+        }
+        ctrl.call_next(req, depot, res).await;
     }
-    if throttled(&path)
-        && let Err(wait) = check_throttle(req, &app, &caller).await
-    {
-        ApiError::Throttled(wait).render(res);
-        ctrl.skip_rest();
-        return;
-    }
-    if let Some(id) = caller.id() {
-        tracing::Span::current().record("keystone_user_id", id);
-    }
-    depot.insert_typed(caller);
-    ctrl.call_next(req, depot, res).await;
 }
 
 /// The identity a `/batch/` step runs as: the authenticated caller of the batch request.
 #[derive(Debug, Clone)]
 pub struct Delegated(pub Caller);
 
-async fn identify(req: &Request, app: &super::AppState) -> Result<Caller, ApiError> {
+async fn identify(req: &Request, app: &super::AppState) -> Result<Option<Caller>, ApiError> {
     if let Some(result) = token_user(req, &app.db).await {
-        return Ok(Caller {
-            user: Some(result?),
-            via: Some(Via::Token),
-        });
+        return Ok(Some(Caller {
+            user: result?,
+            via: Via::Token,
+        }));
     }
     let Some(secret) = app.secret_key.as_deref() else {
-        return Ok(Caller::default());
+        return Ok(None);
     };
     let Some((user, claims)) = session_user(req, app, secret).await? else {
-        return Ok(Caller::default());
+        return Ok(None);
     };
     if unsafe_method(req.method()) {
         let s = &app.config.settings;
@@ -191,15 +169,19 @@ async fn identify(req: &Request, app: &super::AppState) -> Result<Caller, ApiErr
             return Err(ApiError::Forbidden(failure.detail()));
         }
     }
-    Ok(Caller {
-        user: Some(user),
-        via: Some(Via::Session(claims)),
-    })
+    Ok(Some(Caller {
+        user,
+        via: Via::Session(claims),
+    }))
 }
 
 /// Anonymous callers count against both the anon and the user rate (keyed by client
 /// identity); authenticated ones against the user rate keyed by user id.
-async fn check_throttle(req: &Request, app: &super::AppState, caller: &Caller) -> Result<(), u64> {
+async fn check_throttle(
+    req: &Request,
+    app: &super::AppState,
+    caller: Option<&Caller>,
+) -> Result<(), u64> {
     let s = &app.config.settings;
     let (Ok(anon), Ok(user)) = (
         s.throttle.anon.parse::<crate::config::Rate>(),
@@ -207,24 +189,19 @@ async fn check_throttle(req: &Request, app: &super::AppState, caller: &Caller) -
     ) else {
         return Ok(());
     };
-    match caller.id() {
+    match caller.map(Caller::id) {
         Some(id) => app
             .throttle
             .check("user", &id.to_string(), user)
             .await
             .map_err(|w| w.seconds),
         None => {
-            let peer = req.remote_addr().to_string();
-            let peer = peer
-                .strip_prefix("socket://")
-                .unwrap_or(&peer)
-                .rsplit_once(':')
-                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())
-                .unwrap_or(peer.clone());
-            let ident = crate::throttle::client_identity(
-                header_str(req, "x-forwarded-for"),
-                Some(peer.as_str()),
-            );
+            // Anonymous callers are told apart by their address (section 5 of
+            // docs/security.md); requests with none (a Unix-socket peer without a trusted
+            // proxy header) share one bucket.
+            let ident = super::client::client_ip(req, s)
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "-".into());
             let a = app.throttle.check("anon", &ident, anon).await;
             let u = app.throttle.check("user", &ident, user).await;
             match (a, u) {
@@ -253,41 +230,35 @@ pub fn correlation_id(req: &Request) -> String {
 
 /// Who and where, for audit entries written while handling this request.
 pub fn audit_context(req: &Request, depot: &Depot) -> crate::audit::AuditContext {
-    let caller = depot.get_typed::<Caller>().cloned().unwrap_or_default();
+    let caller = depot.get_typed::<Caller>().ok();
     let cid = depot
         .get_typed::<Cid>()
         .ok()
         .map(|c| c.0.clone())
         .unwrap_or_else(|| correlation_id(req));
-    let forwarded = header_str(req, "x-forwarded-for")
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty());
-    let remote = forwarded.or_else(|| {
-        let peer = req.remote_addr().to_string();
-        Some(peer.strip_prefix("socket://").unwrap_or(&peer).to_string())
-    });
-    let remote_addr = remote
-        .and_then(|r| strip_port(&r))
-        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
-    let remote_port =
-        header_str(req, "x-forwarded-port").and_then(|p| p.trim().parse::<i32>().ok());
+    let trusted = depot
+        .get_typed::<std::sync::Arc<super::AppState>>()
+        .ok()
+        .map(|app| &app.config.settings);
+    let remote_addr = trusted
+        .and_then(|s| super::client::client_ip(req, s))
+        .map(|ip| ip.to_string());
+    // The port a trusted proxy reports, else the peer's own.
+    let remote_port = match trusted {
+        Some(s) if s.server.trust_forwarded_for => {
+            header_str(req, "x-forwarded-port").and_then(|p| p.trim().parse::<i32>().ok())
+        }
+        _ => req
+            .remote_addr()
+            .as_ipv4()
+            .map(|a| i32::from(a.port()))
+            .or_else(|| req.remote_addr().as_ipv6().map(|a| i32::from(a.port()))),
+    };
     crate::audit::AuditContext {
-        actor: caller.id(),
-        actor_email: caller.user.as_ref().and_then(|u| u.email.clone()),
+        actor: caller.map(Caller::id),
+        actor_email: caller.and_then(|c| c.user.email.clone()),
         cid: Some(cid),
         remote_addr,
         remote_port,
     }
-}
-
-/// `1.2.3.4:5` → `1.2.3.4`, `[::1]:5` → `::1`, a bare address unchanged.
-fn strip_port(addr: &str) -> Option<String> {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().map(str::to_string);
-    }
-    if addr.parse::<std::net::IpAddr>().is_ok() {
-        return Some(addr.to_string());
-    }
-    addr.rsplit_once(':').map(|(h, _)| h.to_string())
 }

@@ -1,5 +1,6 @@
 //! Site root, version, health and OpenAPI endpoints (spec/operations.md §3.7, §3.9, §3.11).
 
+use super::route::{Endpoint, Policy, Routes};
 use super::{ApiError, state};
 use crate::health::{CheckResult, prometheus};
 use salvo::http::StatusCode;
@@ -39,16 +40,19 @@ impl Handler for Metadata {
 /// OPTIONS; every other method gets 405 with an `Allow` header from the framework.
 macro_rules! read_only {
     ($path:expr, $get:expr, $meta:expr $(,)?) => {
-        Router::with_path($path).get($get).head($get).options($meta)
+        Endpoint::public($path).get($get).head($get).options($meta)
     };
 }
 
 const JSON_ONLY: &[&str] = &["application/json"];
 
-pub fn routes() -> Router {
-    Router::new()
-        .get(site_root)
-        .head(site_root)
+pub fn routes() -> Routes {
+    Routes::new()
+        .push(
+            Endpoint::new("", Policy::OPEN)
+                .get(site_root)
+                .head(site_root),
+        )
         .push(read_only!(
             "version/",
             version,

@@ -4,8 +4,12 @@
 
 pub mod access;
 pub(crate) mod base;
+pub mod canonical;
+pub mod client;
 pub mod openapi;
+mod panic;
 pub mod request_log;
+pub mod route;
 mod unix;
 
 use crate::config::Config;
@@ -276,8 +280,16 @@ async fn gatekeeper(req: &mut Request, depot: &mut Depot, res: &mut Response, ct
         );
         moved_permanently(res, &target);
         ctrl.skip_rest();
-    } else if !req.uri().path().ends_with('/') {
-        // Every route ends with a slash; upstream answers the unslashed path with a 301.
+    } else if let Err(why) = canonical::check(req.uri().path()) {
+        // Never routed: the router would normalise it into some other route's path.
+        tracing::debug!("refused a non-canonical path: {why}");
+        ApiError::not_found().render(res);
+        ctrl.skip_rest();
+    } else if !req.uri().path().ends_with('/') && route::resolves(&format!("{}/", req.uri().path()))
+    {
+        // Every route ends with a slash; upstream answers the unslashed path of a route with
+        // a 301 (and an unknown one with 404). The path is canonical here (one leading
+        // slash), so the target stays on this host.
         let target = match req.uri().query() {
             Some(q) => format!("{}/?{q}", req.uri().path()),
             None => format!("{}/", req.uri().path()),
@@ -421,9 +433,14 @@ pub(crate) fn render_framework_error(req: &Request, res: &mut Response) {
     }
 }
 
+/// Every route with its access policy, in matching order.
+pub fn routes() -> route::Routes {
+    base::routes().push(crate::api::routes())
+}
+
 /// All routes. Kept free of state so the OpenAPI document can be generated from it alone.
 pub fn router() -> Router {
-    base::routes().push(crate::api::routes())
+    routes().into_router()
 }
 
 /// The service: routes, middleware and error bodies around the given state.
@@ -437,8 +454,8 @@ pub fn service(state: Arc<AppState>) -> Service {
         .hoop(InjectState(state))
         .hoop(cors)
         .hoop(request_log::log_requests)
+        .hoop(panic::catch_panics)
         .hoop(gatekeeper)
-        .hoop(access::authenticate)
         .catcher(Catcher::default().hoop(json_errors))
 }
 

@@ -2,9 +2,12 @@
 //! annotations, adjusted to OpenAPI 3.0.3 as upstream publishes it, and serialised once as
 //! JSON and as YAML in the reference document's layout.
 
+mod request_bodies;
+
+use super::route::{Access, RouteInfo};
 use salvo::Router;
 use salvo::oapi::OpenApi;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 pub const TITLE: &str = "Keystone API";
 pub const DESCRIPTION: &str = "The backend REST API for the Keystone HPC utility.";
@@ -55,15 +58,27 @@ pub fn document(router: &Router) -> Value {
             paths.insert(path, item);
         }
     }
+    let mut extra_schemas = add_request_bodies(&mut paths);
+    describe_access_and_errors(&mut paths, &super::routes().describe());
     out.insert("paths".into(), Value::Object(paths));
     let mut components = raw
         .get("components")
         .cloned()
         .unwrap_or_else(|| serde_json::json!({}));
-    if let Value::Object(c) = &mut components
-        && !c.contains_key("schemas")
-    {
-        c.insert("schemas".into(), serde_json::json!({}));
+    if let Value::Object(c) = &mut components {
+        let schemas = c.entry("schemas").or_insert_with(|| json!({}));
+        if let Value::Object(schemas) = schemas {
+            extra_schemas.insert("ErrorDetail".into(), error_detail_schema());
+            extra_schemas.insert("ValidationError".into(), validation_error_schema());
+            schemas.append(&mut extra_schemas);
+            for (name, schema) in schemas.iter_mut() {
+                if name.ends_with("Request") {
+                    choices_as_enums(schema);
+                }
+            }
+            sort_keys(schemas);
+        }
+        c.insert("securitySchemes".into(), security_schemes());
     }
     out.insert("components".into(), components);
     let mut doc = Value::Object(out);
@@ -77,6 +92,218 @@ pub fn documents(router: &Router) -> Documents {
         json: serde_json::to_string(&doc).unwrap_or_else(|_| "{}".into()),
         yaml: to_yaml(&doc),
     }
+}
+
+/// Declares the request bodies the endpoint annotations leave out (see
+/// [`request_bodies::BODIES`]) and returns the schemas they name. A PATCH body is never
+/// required and takes the schema's `Patched` variant (no field required).
+fn add_request_bodies(paths: &mut Map<String, Value>) -> Map<String, Value> {
+    let defined: Map<String, Value> = request_bodies::schemas()
+        .into_iter()
+        .map(|(name, schema)| (name.to_string(), schema))
+        .collect();
+    let mut used = Map::new();
+    for item in paths.values_mut() {
+        let Value::Object(ops) = item else { continue };
+        for (method, op) in ops.iter_mut() {
+            let Value::Object(op) = op else { continue };
+            let patch = method == "patch";
+            if !op.contains_key("requestBody") {
+                let Some(name) = op
+                    .get("operationId")
+                    .and_then(Value::as_str)
+                    .and_then(|id| request_bodies::BODIES.iter().find(|(op, _)| *op == id))
+                    .map(|(_, name)| *name)
+                else {
+                    continue;
+                };
+                let Some(schema) = defined.get(name) else {
+                    continue;
+                };
+                let mut schema = schema.clone();
+                let name = if patch {
+                    if let Value::Object(o) = &mut schema {
+                        o.remove("required");
+                    }
+                    format!("Patched{name}")
+                } else {
+                    name.to_string()
+                };
+                let media = if request_bodies::MULTIPART.iter().any(|m| name.ends_with(m)) {
+                    "multipart/form-data"
+                } else {
+                    "application/json"
+                };
+                let reference = json!({"schema": {"$ref": format!("#/components/schemas/{name}")}});
+                // A missing body reads as `{}`: it is required only when fields are.
+                let required = !patch && schema.get("required").is_some();
+                op.insert(
+                    "requestBody".into(),
+                    json!({"content": {media: reference}, "required": required}),
+                );
+                used.insert(name, schema);
+            }
+            // A partial update with no body changes nothing and succeeds, as upstream.
+            if patch && let Some(Value::Object(body)) = op.get_mut("requestBody") {
+                body.remove("required");
+            }
+        }
+    }
+    used
+}
+
+/// Adds `enum` to string properties whose description lists their choices the way DRF does
+/// (`* \`PD\` - Pending` lines), so the document states what the validation accepts.
+fn choices_as_enums(schema: &mut Value) {
+    let Some(Value::Object(props)) = schema.get_mut("properties") else {
+        return;
+    };
+    for prop in props.values_mut() {
+        let Value::Object(p) = prop else { continue };
+        if p.contains_key("enum") || p.get("type").and_then(Value::as_str) != Some("string") {
+            continue;
+        }
+        let Some(description) = p.get("description").and_then(Value::as_str) else {
+            continue;
+        };
+        let codes: Vec<Value> = description
+            .lines()
+            .filter_map(|l| l.strip_prefix("* `"))
+            .filter_map(|l| l.split_once("` - "))
+            .map(|(code, _)| Value::from(code))
+            .collect();
+        if !codes.is_empty() {
+            p.insert("enum".into(), Value::Array(codes));
+        }
+    }
+}
+
+/// The credentials a protected operation takes, as upstream documents them.
+fn security_schemes() -> Value {
+    json!({
+        "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+        "tokenAuth": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "Token-based authentication with required prefix \"Token\""
+        }
+    })
+}
+
+/// `{"detail": "..."}`: every error that is not about single fields.
+fn error_detail_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "An error about the request as a whole.",
+        "required": ["detail"],
+        "properties": {"detail": {"type": "string"}}
+    })
+}
+
+/// A 400 body: messages keyed by field name (`non_field_errors` for the body as a whole,
+/// nested objects for nested fields), or `detail` for a request that could not be read.
+fn validation_error_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "Messages keyed by field name, or `detail` for an unreadable request.",
+        "additionalProperties": {}
+    })
+}
+
+/// An error response with its body schema.
+fn error_response(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+    })
+}
+
+/// `/users/users/{id}/` and `/users/users/{pk}/` name the same route.
+fn route_key(path: &str) -> String {
+    let path = path.trim_end_matches('/');
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Adds, from the route table, what the endpoint annotations leave out: the credentials a
+/// protected route needs (`security`) and the error answers every route can give (400 for a
+/// body or query it rejects, 401/403 from authentication and permissions, 404 for an
+/// unknown id, 415 for a body it cannot read, 429 from the throttle). Responses an
+/// endpoint documents itself are kept.
+fn describe_access_and_errors(paths: &mut Map<String, Value>, routes: &[RouteInfo]) {
+    for (path, item) in paths.iter_mut() {
+        let Value::Object(ops) = item else { continue };
+        let route = routes
+            .iter()
+            .find(|r| route_key(&r.path) == route_key(path));
+        let protected = route.is_none_or(|r| r.policy.access == Access::Authenticated);
+        let throttled = route.is_none_or(|r| r.policy.throttled);
+        let has_id = path.contains('{');
+        for (method, op) in ops.iter_mut() {
+            let Value::Object(op) = op else { continue };
+            let unsafe_method = method != "get";
+            let has_body = op.contains_key("requestBody");
+            let lists = method == "get" && !has_id && is_page(op);
+            let mut errors: Vec<(&str, &str, &str)> = Vec::new();
+            // An unsafe method can carry a body that cannot be read (e.g. a DELETE that
+            // claims a multipart body and sends none).
+            if has_body || lists || unsafe_method {
+                errors.push(("400", "Invalid request.", "ValidationError"));
+            }
+            if throttled {
+                errors.push(("401", "Missing or invalid credentials.", "ErrorDetail"));
+            }
+            if protected || unsafe_method {
+                errors.push(("403", "Permission denied.", "ErrorDetail"));
+            }
+            if has_id {
+                errors.push(("404", "No such record.", "ErrorDetail"));
+            }
+            if method == "delete" {
+                errors.push(("409", "Still referenced by other records.", "ErrorDetail"));
+            }
+            if has_body {
+                errors.push(("415", "Unsupported media type.", "ErrorDetail"));
+            }
+            if throttled {
+                errors.push(("429", "Request was throttled.", "ErrorDetail"));
+            }
+            if protected {
+                op.insert(
+                    "security".into(),
+                    json!([{"tokenAuth": []}, {"cookieAuth": []}]),
+                );
+            }
+            let responses = op.entry("responses").or_insert_with(|| json!({}));
+            if let Value::Object(responses) = responses {
+                for (status, description, schema) in errors {
+                    responses
+                        .entry(status)
+                        .or_insert_with(|| error_response(description, schema));
+                }
+                sort_keys(responses);
+            }
+        }
+    }
+}
+
+/// Whether an operation answers a paginated list.
+fn is_page(op: &Map<String, Value>) -> bool {
+    op.get("responses")
+        .and_then(|r| r.get("200"))
+        .and_then(|r| r.pointer("/content/application~1json/schema/$ref"))
+        .and_then(Value::as_str)
+        .is_some_and(|r| r.contains("/Paginated"))
+}
+
+/// Entries in key order: responses by status, schemas by name.
+fn sort_keys(responses: &mut Map<String, Value>) {
+    let mut entries: Vec<(String, Value)> = std::mem::take(responses).into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    responses.extend(entries);
 }
 
 /// Rewrites OpenAPI 3.1 nullability (`type: [T, "null"]`, `oneOf` with a null schema) into
@@ -268,6 +495,105 @@ paths:
           description: ''
 ";
         assert_eq!(yaml, expected);
+    }
+
+    /// Every `$ref` of a document, with where it appears.
+    fn refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if k == "$ref"
+                        && let Some(r) = child.as_str()
+                    {
+                        out.push((at.to_string(), r.to_string()));
+                    }
+                    refs(child, &format!("{at}/{k}"), out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| refs(i, at, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_served_document_declares_credentials_bodies_and_errors() {
+        let doc = document(&crate::http::router());
+        let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+        let token = serde_json::json!([{"tokenAuth": []}, {"cookieAuth": []}]);
+        assert_eq!(
+            doc["components"]["securitySchemes"]["tokenAuth"]["name"],
+            "Authorization"
+        );
+        // Protected routes take credentials; public ones document none, as upstream.
+        assert_eq!(op("/users/users/", "get")["security"], token);
+        assert_eq!(op("/authentication/logout/", "post")["security"], token);
+        assert!(
+            op("/authentication/login/", "post")
+                .get("security")
+                .is_none()
+        );
+        assert!(op("/health/", "get").get("security").is_none());
+        // Request bodies the handlers read themselves; a PATCH body is never required.
+        let create = op("/users/users/", "post");
+        assert_eq!(
+            create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/PrivilegedUserRequest"
+        );
+        assert_eq!(create["requestBody"]["required"], true);
+        let patch = op("/users/users/{id}/", "patch");
+        assert_eq!(
+            patch["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/PatchedPrivilegedUserRequest"
+        );
+        assert!(patch["requestBody"].get("required").is_none());
+        assert!(
+            doc["components"]["schemas"]["PatchedPrivilegedUserRequest"]
+                .get("required")
+                .is_none()
+        );
+        let upload = op("/allocations/attachments/", "post");
+        assert!(upload["requestBody"]["content"]["multipart/form-data"].is_object());
+        // Choices listed in a description become an enum.
+        assert_eq!(
+            doc["components"]["schemas"]["ClusterRequest"]["properties"]["access_mode"]["enum"],
+            serde_json::json!(["WL", "BL", "OP"])
+        );
+        // Error answers: credentials, permissions, unknown ids, conflicts, throttling.
+        let statuses = |o: &Value| -> Vec<String> {
+            o["responses"]
+                .as_object()
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            statuses(&create),
+            ["201", "400", "401", "403", "415", "429"]
+        );
+        assert_eq!(
+            statuses(&op("/users/users/{id}/", "delete")),
+            ["204", "400", "401", "403", "404", "409", "429"]
+        );
+        assert_eq!(statuses(&op("/version/", "get")), ["200", "401", "429"]);
+        assert_eq!(
+            op("/users/users/{id}/", "get")["responses"]["404"]["content"]["application/json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/ErrorDetail"
+        );
+    }
+
+    #[test]
+    fn every_reference_of_the_served_document_resolves() {
+        let doc = document(&crate::http::router());
+        let mut found = Vec::new();
+        refs(&doc, "", &mut found);
+        assert!(found.len() > 100, "{}", found.len());
+        for (at, r) in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{at}: {r} does not resolve"
+            );
+        }
     }
 
     #[test]

@@ -1094,6 +1094,8 @@ fn throttling_answers_429_with_retry_after() {
     let mut site = Site::new(Backend::Sqlite);
     site.set("KEYSTONE_THROTTLE__ANON", "3/min");
     site.set("KEYSTONE_THROTTLE__USER", "5/min");
+    // As behind nginx: the proxy's X-Forwarded-For entry names the client.
+    site.set("KEYSTONE_SERVER__TRUST_FORWARDED_FOR", "true");
     site.migrate();
     let mut tokens = Vec::new();
     for name in ["one", "two"] {
@@ -1131,7 +1133,8 @@ fn throttling_answers_429_with_retry_after() {
         detail.starts_with("Request was throttled. Expected available in "),
         "{detail}"
     );
-    // The site root is not throttled; another client (X-Forwarded-For) has its own budget.
+    // The site root is not throttled; another client (named by the trusted proxy's
+    // X-Forwarded-For entry) has its own budget.
     assert_eq!(web.get("/").status, 200);
     assert_eq!(
         web.request("GET", "/version/", &[("X-Forwarded-For", "10.9.8.7")], b"")
@@ -1152,6 +1155,34 @@ fn throttling_answers_429_with_retry_after() {
     let codes: Vec<u16> = (0..6).map(|_| call(&tokens[0])).collect();
     assert_eq!(codes, [200, 200, 200, 200, 200, 429]);
     assert_eq!(call(&tokens[1]), 200);
+}
+
+#[test]
+fn forwarded_for_buys_no_throttle_budget() {
+    for trust in ["false", "true"] {
+        let mut site = Site::new(Backend::Sqlite);
+        site.set("KEYSTONE_THROTTLE__ANON", "2/min");
+        site.set("KEYSTONE_SERVER__TRUST_FORWARDED_FOR", trust);
+        site.migrate();
+        let web = site.serve("web", &[]);
+        let get = |forwarded: Option<&str>| {
+            let headers: Vec<(&str, &str)> = forwarded
+                .map(|f| ("X-Forwarded-For", f))
+                .into_iter()
+                .collect();
+            web.request("GET", "/version/", &headers, b"").status
+        };
+        assert_eq!([get(None), get(None), get(None)], [200, 200, 429]);
+        if trust == "false" {
+            // Without a trusted proxy the header is the client's own word: ignored.
+            assert_eq!(get(Some("203.0.113.50")), 429);
+        } else {
+            // Only the proxy's own (right-most) entry counts; what the client put to its
+            // left changes nothing.
+            assert_eq!(get(Some("203.0.113.50, 127.0.0.1")), 429);
+            assert_eq!(get(Some("203.0.113.50, 198.51.100.9")), 200);
+        }
+    }
 }
 
 #[test]
@@ -1202,57 +1233,328 @@ fn ldap_login_creates_and_refreshes_the_local_account() {
 }
 
 #[test]
-fn logout_with_redis_revokes_across_web_processes() {
+fn ldap_login_never_takes_over_a_local_account() {
+    if !crate::ldap::slapd_available() {
+        return;
+    }
+    let slapd = crate::ldap::Slapd::start();
+    let uri = format!("ldap://127.0.0.1:{}", slapd.port);
+    for backend in backends() {
+        let w = World::new(
+            backend,
+            &[
+                ("AUTH_LDAP_SERVER_URI", &uri),
+                ("AUTH_LDAP_START_TLS", "false"),
+                ("AUTH_LDAP_USER_SEARCH", "ou=people,dc=example,dc=org"),
+                ("AUTH_LDAP_USER_FILTER", "(objectClass=inetOrgPerson)"),
+                (
+                    "AUTH_LDAP_ATTR_MAP",
+                    "first_name=givenName,last_name=sn,email=mail",
+                ),
+            ],
+        );
+        // A local staff account whose username a directory entry also carries.
+        let created = w.call(
+            "STAFF",
+            "POST",
+            "/users/users/",
+            Some(json!({"username": "alice", "password": PASSWORD, "first_name": "Local"})),
+        );
+        assert_eq!(created.status, 201, "{}", created.text());
+        w.site
+            .sql("UPDATE users_user SET is_staff = TRUE WHERE username = 'alice'");
+        let directory_login = |name: &str| {
+            let (r, session, _) = session_login(&w, name, crate::ldap::ALICE_PASSWORD);
+            assert_eq!(r.status, 400, "{name}: {}", r.text());
+            assert!(session.is_empty(), "{name}");
+        };
+        // The directory's password does not open the local account, under any spelling the
+        // directory would match.
+        directory_login("alice");
+        directory_login("ALICE");
+        let (r, _, _) = session_login(&w, "alice", PASSWORD);
+        assert_eq!(r.status, 200, "its own password still works: {}", r.text());
+        assert_eq!(
+            r.json()["first_name"],
+            "Local",
+            "the directory entry changed nothing"
+        );
+        assert_eq!(r.json()["is_staff"], true);
+        // A directory user without a local account gets an LDAP account (no usable password)
+        // and keeps logging in through the directory.
+        for _ in 0..2 {
+            let (r, _, _) = session_login(&w, "bob", crate::ldap::BOB_PASSWORD);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        // The sync marks every account named in the directory as an LDAP user (operations.md
+        // §2.5); the flag does not open the local account to directory logins either.
+        let out = w.site.run(&["ldap", "sync"]);
+        assert!(out.status.success(), "ldap sync: {}", stderr(&out));
+        let listed = w
+            .call("STAFF", "GET", "/users/users/?username=alice", None)
+            .json();
+        assert_eq!(listed["results"][0]["is_ldap_user"], true, "{listed}");
+        directory_login("alice");
+        assert_eq!(session_login(&w, "alice", PASSWORD).0.status, 200);
+        assert_eq!(
+            session_login(&w, "bob", crate::ldap::BOB_PASSWORD).0.status,
+            200
+        );
+    }
+}
+
+/// A private `redis-server` on a free loopback port, without persistence: a test may flush
+/// or restart it without disturbing the tests sharing the kit's Redis database.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> Option<PrivateRedis> {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                unavailable("redis", &format!("redis-server: {e}"));
+                return None;
+            }
+        };
+        let mut redis = PrivateRedis { child, port };
+        for _ in 0..100 {
+            if redis.cli(&["PING"]) == "PONG" {
+                return Some(redis);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = redis.child.kill();
+        panic!("redis-server on port {port} did not answer");
+    }
+
+    /// Database 15, like the kit's default.
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/15", self.port)
+    }
+
+    fn cli(&mut self, args: &[&str]) -> String {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-n", "15"])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn logout_stays_in_force_when_redis_loses_its_keys() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    for backend in backends() {
+        let w = World::new(backend, &[("KEYSTONE_REDIS__URL", &redis.url())]);
+        // A second web process on the same database and Redis.
+        let other = w.site.serve("web", &[]);
+        let (_, session, csrf) = session_login(&w, "mb", PASSWORD);
+        let jar = format!("sessionid={session}; csrftoken={csrf}");
+        let whoami = |web: &Daemon| {
+            web.request("GET", "/authentication/whoami/", &[("Cookie", &jar)], b"")
+                .status
+        };
+        assert_eq!(whoami(&other), 200);
+        let out = w.web.request(
+            "POST",
+            "/authentication/logout/",
+            &[("Cookie", &jar), ("X-CSRFToken", &csrf)],
+            b"",
+        );
+        assert_eq!(out.status, 200);
+        assert_eq!(whoami(&other), 401, "revoked for every web process");
+        // Redis forgets everything (FLUSHDB, eviction, a restart without persistence): the
+        // logged-out session must not come back.
+        assert_eq!(redis.cli(&["FLUSHDB"]), "OK");
+        assert_eq!(whoami(&other), 401);
+        assert_eq!(whoami(&w.web), 401);
+        // Other sessions are unaffected.
+        let (_, fresh, _) = session_login(&w, "mb", PASSWORD);
+        let jar = format!("sessionid={fresh}");
+        assert_eq!(
+            other
+                .request("GET", "/authentication/whoami/", &[("Cookie", &jar)], b"")
+                .status,
+            200
+        );
+    }
+}
+
+#[test]
+fn password_hashing_does_not_hold_up_other_requests() {
+    // Two request threads, one hashing slot, four wrong-password logins at once against a
+    // slow PBKDF2 hash. Were the hashing done on the request threads, both would be busy and
+    // /version/ would wait for a login to finish.
+    let w = World::new(
+        Backend::Sqlite,
+        &[
+            ("TOKIO_WORKER_THREADS", "2"),
+            ("KEYSTONE_SECURITY__PASSWORD_HASH_CONCURRENCY", "1"),
+            ("KEYSTONE_SECURITY__LOGIN_FAILURES", ""),
+        ],
+    );
+    let slow = format!("pbkdf2_sha256$300000$c2FsdA${}", "A".repeat(43) + "=");
+    w.site.sql(&format!(
+        "UPDATE users_user SET password = '{slow}' WHERE username IN ('x1', 'x2')"
+    ));
+    // How long one such login takes on this machine and build.
+    let alone = std::time::Instant::now();
+    assert_eq!(session_login(&w, "x1", "not the password").0.status, 400);
+    let one_login = alone.elapsed();
+    let started = std::time::Instant::now();
+    let (version, version_done, logins) = std::thread::scope(|s| {
+        let logins: Vec<_> = ["x1", "x2", "x1", "x2"]
+            .into_iter()
+            .map(|name| {
+                let w = &w;
+                s.spawn(move || {
+                    let status = session_login(w, name, "not the password").0.status;
+                    (status, std::time::Instant::now())
+                })
+            })
+            .collect();
+        // Let the logins arrive and the first hash get under way.
+        std::thread::sleep(one_login / 3);
+        let version = w.web.get("/version/");
+        let version_done = std::time::Instant::now();
+        let logins: Vec<(u16, std::time::Instant)> = logins
+            .into_iter()
+            .map(|h| h.join().expect("login thread"))
+            .collect();
+        (version, version_done, logins)
+    });
+    assert_eq!(version.status, 200, "{}", version.text());
+    assert!(
+        logins.iter().all(|(status, _)| *status == 400),
+        "{logins:?}"
+    );
+    let first_login = logins.iter().map(|(_, at)| *at).min().expect("logins");
+    let last_login = logins.iter().map(|(_, at)| *at).max().expect("logins");
+    assert!(
+        version_done < first_login,
+        "/version/ answered after {:?}, the first login after {:?} (one login alone: {:?})",
+        version_done - started,
+        first_login - started,
+        one_login
+    );
+    eprintln!(
+        "one login alone {one_login:?}; during the burst /version/ answered after {:?}, \
+         logins after {:?} .. {:?}",
+        version_done - started,
+        first_login - started,
+        last_login - started
+    );
+    // One slot: the hashes ran one after another, not side by side.
+    assert!(
+        last_login - first_login > (first_login - started) * 3 / 2,
+        "logins finished at {:?} .. {:?}",
+        first_login - started,
+        last_login - started
+    );
+}
+
+#[test]
+fn failed_logins_are_limited_per_username() {
+    let w = World::new(
+        Backend::Sqlite,
+        &[("KEYSTONE_SECURITY__LOGIN_FAILURES", "3/15m")],
+    );
+    for _ in 0..3 {
+        assert_eq!(session_login(&w, "x2", "wrong password").0.status, 400);
+    }
+    // The fourth attempt is refused before the password is checked, even the right one, and
+    // under any spelling of the username.
+    for (name, password) in [("x2", PASSWORD), ("X2", PASSWORD), ("x2", "wrong")] {
+        let (r, session, _) = session_login(&w, name, password);
+        assert_eq!(r.status, 429, "{name}: {}", r.text());
+        assert!(session.is_empty(), "no session for a refused login");
+        let retry: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After");
+        assert!((890..=900).contains(&retry), "{retry}");
+        assert_eq!(
+            r.json(),
+            json!({"detail": format!("Request was throttled. Expected available in {retry} seconds.")})
+        );
+    }
+    // Other usernames keep their own budget.
+    assert_eq!(session_login(&w, "x3", PASSWORD).0.status, 200);
+    // Successful logins do not count, and do not wipe earlier failures either.
+    assert_eq!(session_login(&w, "x1", "wrong").0.status, 400);
+    assert_eq!(session_login(&w, "x1", "wrong").0.status, 400);
+    assert_eq!(session_login(&w, "x1", PASSWORD).0.status, 200);
+    assert_eq!(session_login(&w, "x1", PASSWORD).0.status, 200);
+    assert_eq!(session_login(&w, "x1", "wrong").0.status, 400);
+    assert_eq!(session_login(&w, "x1", PASSWORD).0.status, 429);
+    // Unknown usernames are limited the same way.
+    for _ in 0..3 {
+        assert_eq!(session_login(&w, "nobody", "guess").0.status, 400);
+    }
+    assert_eq!(session_login(&w, "nobody", "guess").0.status, 429);
+}
+
+#[test]
+fn failed_logins_are_counted_across_web_processes_with_redis() {
     if !redis_available() {
         return;
     }
-    let w = World::new(Backend::Sqlite, &[("KEYSTONE_REDIS__URL", &redis_url())]);
-    // A second web process on the same database and Redis.
+    let w = World::new(
+        Backend::Sqlite,
+        &[
+            ("KEYSTONE_REDIS__URL", &redis_url()),
+            ("KEYSTONE_SECURITY__LOGIN_FAILURES", "3/15m"),
+        ],
+    );
     let other = w.site.serve("web", &[]);
-    let (_, session, csrf) = session_login(&w, "mb", PASSWORD);
-    let jar = format!("sessionid={session}; csrftoken={csrf}");
-    assert_eq!(
-        other
-            .request("GET", "/authentication/whoami/", &[("Cookie", &jar)], b"")
-            .status,
-        200
-    );
-    let out = w.web.request(
+    // A username no earlier run left failures for in the shared Redis.
+    let name = format!("lf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let created = w.call(
+        "STAFF",
         "POST",
-        "/authentication/logout/",
-        &[("Cookie", &jar), ("X-CSRFToken", &csrf)],
-        b"",
+        "/users/users/",
+        Some(json!({"username": name, "password": PASSWORD})),
     );
-    assert_eq!(out.status, 200);
-    assert_eq!(
-        other
-            .request("GET", "/authentication/whoami/", &[("Cookie", &jar)], b"")
-            .status,
-        401
-    );
-    let claims: serde_json::Value = {
-        use base64::Engine;
-        let payload = session.split('.').nth(1).expect("jwt payload");
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .expect("b64"),
+    assert_eq!(created.status, 201, "{}", created.text());
+    let login = |web: &Daemon, password: &str| {
+        let body = json!({"username": name, "password": password}).to_string();
+        web.request(
+            "POST",
+            "/authentication/login/",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
         )
-        .expect("claims")
+        .status
     };
-    let key = format!(
-        "keystone:revoked-session:{}",
-        claims["jti"].as_str().expect("jti")
+    assert_eq!(login(&w.web, "wrong"), 400);
+    assert_eq!(login(&other, "wrong"), 400);
+    assert_eq!(login(&w.web, PASSWORD), 200);
+    assert_eq!(login(&other, "wrong"), 400);
+    assert_eq!(
+        login(&w.web, PASSWORD),
+        429,
+        "three failures over two processes"
     );
-    let url = redis_url();
-    let db = url.rsplit('/').next().unwrap_or("0");
-    let found = std::process::Command::new("redis-cli")
-        .args(["-n", db, "EXISTS", &key])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if let Ok(found) = found {
-        assert_eq!(found, "1", "the revoked session id is kept in Redis");
-    }
+    assert_eq!(login(&other, PASSWORD), 429);
 }
 
 #[test]

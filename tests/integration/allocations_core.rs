@@ -1209,18 +1209,15 @@ fn allocations_core_cluster_access_status_and_reviewer_rules() {
             Some(json!({"requested": 1, "cluster": open})),
         );
         assert_eq!(r.json(), json!({"request": ["This field is required."]}));
-        // ⚠ Reproduced: a team admin may set awarded and final (domain.md §7.5).
+        // ⚑ Awarding is staff work (docs/security.md §10): a team owner may not set awarded
+        // or final (upstream lets them, domain.md §7.5); self_granted_compute.rs has the rest.
         let r = w.call(
             "OW",
             "POST",
             al,
             Some(json!({"requested": 10, "awarded": 8, "final": 3, "cluster": open, "request": req_a})),
         );
-        assert_eq!(r.status, 201);
-        assert_eq!(
-            (r.json()["awarded"].clone(), r.json()["final"].clone()),
-            (json!(8), json!(3))
-        );
+        assert_eq!(r.status, 403, "{}", r.text());
 
         // Requests: the body's team decides; 403 (not 400) when missing or unknown.
         let rq = "/allocations/requests/";
@@ -1234,16 +1231,21 @@ fn allocations_core_cluster_access_status_and_reviewer_rules() {
             let r = w.call("AD", "POST", rq, Some(body));
             assert_eq!(r.status, 403, "team {team_value}: {}", r.text());
         }
-        // ⚠ Reproduced: an admin may create a request already approved, for another submitter.
+        // ⚑ An admin may not create a request already approved (docs/security.md §10;
+        // upstream allows it, domain.md §7.3)...
         let mut body = request_body(&w, "Pre-approved");
         body["status"] = json!("AP");
         body["assignees"] = json!([w.id("STAFF")]);
+        let r = w.call("AD", "POST", rq, Some(body.clone()));
+        assert_eq!(r.status, 403, "{}", r.text());
+        // ⚠ ...but still, as upstream, a pending one for another submitter.
+        body["status"] = json!("PD");
         let r = w.call("AD", "POST", rq, Some(body));
         assert_eq!(r.status, 201, "{}", r.text());
         let created = r.json();
         assert_eq!(
             (created["status"].clone(), created["submitter"].clone()),
-            (json!("AP"), json!(mb))
+            (json!("PD"), json!(mb))
         );
         // Members cannot change status; staff may set any status at any time.
         let item = format!("/allocations/requests/{}/", created["id"]);

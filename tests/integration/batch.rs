@@ -402,6 +402,27 @@ fn batch_errors_have_upstream_bodies() {
             400,
             json!({"actions": [{"method": ["\"TRACE\" is not a valid choice."]}]}),
         );
+        // The default bounds: 100 steps per job, one level of nested jobs.
+        let many = vec![json!({"method": "GET", "path": "/users/teams/"}); 101];
+        check(
+            batch(&w, "AUTH", json!({ "actions": many })),
+            400,
+            json!({"actions": {"non_field_errors": ["Ensure this field has no more than 100 elements."]}}),
+        );
+        let nested =
+            |job: Value| json!({"method": "POST", "path": "/batch/", "payload": {"job": job}});
+        let leaf = json!({"actions": [{"method": "GET", "path": "/users/teams/"}]});
+        let r = batch(&w, "AUTH", json!({"actions": [nested(leaf.clone())]}));
+        assert_eq!(r.status, 200, "{name}: one level is allowed: {}", r.text());
+        check(
+            batch(
+                &w,
+                "AUTH",
+                json!({"actions": [nested(json!({"actions": [nested(leaf)]}))]}),
+            ),
+            400,
+            json!({"detail": "Ensure batch jobs are nested no more than 1 level deep."}),
+        );
         // `job` may be a string holding the JSON.
         let job = json!({"actions": [{"method": "GET", "path": "/users/teams/"}]}).to_string();
         let r = w.call("AUTH", "POST", "/batch/", Some(json!({ "job": job })));
@@ -564,5 +585,231 @@ fn batch_file_parts_and_upload_directory() {
         );
         assert_eq!(r.status, 200, "{name}: {}", r.text());
         assert!(files().is_empty(), "{name}: committed delete kept the file");
+    }
+}
+
+fn nested(job: Value) -> Value {
+    json!({"method": "POST", "path": "/batch/", "payload": {"job": job}})
+}
+
+fn post_team(name: &str) -> Value {
+    json!({"method": "POST", "path": "/users/teams/", "payload": {"name": name}})
+}
+
+/// Each `[batch]` limit, set small, refuses the job with its 400 body and leaves the
+/// database, the audit trail and the upload directory as they were.
+#[test]
+fn batch_limits_are_configurable_and_refuse_without_storing() {
+    for backend in backends() {
+        let w = World::new(
+            backend,
+            &[
+                ("KEYSTONE_BATCH__MAX_STEPS", "4"),
+                ("KEYSTONE_BATCH__MAX_EXPANSIONS", "6"),
+                ("KEYSTONE_SERVER__MAX_BODY_SIZE", "16384"),
+            ],
+        );
+        let name = backend.name();
+        let refused = |job: Value, body: Value| {
+            let before = snapshot(&w);
+            let r = batch(&w, "STAFF", job);
+            assert_eq!(r.status, 400, "{name}: {}", r.text());
+            assert_eq!(r.json(), body, "{name}");
+            assert_eq!(
+                snapshot(&w),
+                before,
+                "{name}: a refused job stored something"
+            );
+        };
+        let get = || json!({"method": "GET", "path": "/users/teams/"});
+
+        // Steps: four run, five are refused before anything runs.
+        let r = batch(
+            &w,
+            "STAFF",
+            json!({"dry_run": true, "actions": [post_team("Four Steps"), get(), get(), get()]}),
+        );
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        refused(
+            json!({"actions": [post_team("Five Steps"), get(), get(), get(), get()]}),
+            json!({"actions": {"non_field_errors": ["Ensure this field has no more than 4 elements."]}}),
+        );
+        // A nested job over the limit ends the whole request with its body, after the
+        // outer job's first step had already created a team.
+        refused(
+            json!({"actions": [
+                post_team("Outer Of Nested"),
+                nested(json!({"actions": [post_team("Nested Five"), get(), get(), get(), get()]})),
+            ]}),
+            json!({"actions": {"non_field_errors": ["Ensure this field has no more than 4 elements."]}}),
+        );
+        // Depth (default 1): a second level is refused, the outer levels' writes undone.
+        refused(
+            json!({"actions": [
+                post_team("Depth Zero"),
+                nested(json!({"actions": [
+                    post_team("Depth One"),
+                    nested(json!({"actions": [post_team("Depth Two")]})),
+                ]})),
+            ]}),
+            json!({"detail": "Ensure batch jobs are nested no more than 1 level deep."}),
+        );
+
+        // Expansions: six tokens per request, counted across steps.
+        let expand = || {
+            json!({"method": "PATCH", "path": "/users/teams/@ref{t.id}/",
+                   "payload": {"name": "@ref{t.name} x @ref{t.name}"}})
+        };
+        let mut first = post_team("Seven Refs");
+        first["ref"] = json!("t");
+        let mut six = json!({"dry_run": true, "actions": [first, expand(), expand()]});
+        let r = batch(&w, "STAFF", six.clone());
+        assert_eq!(
+            r.status,
+            200,
+            "{name}: six tokens are allowed: {}",
+            r.text()
+        );
+        six["dry_run"] = json!(false);
+        six["actions"]
+            .as_array_mut()
+            .expect("actions")
+            .push(json!({"method": "GET", "path": "/users/teams/@ref{t.id}/"}));
+        refused(
+            six,
+            json!({
+                "detail": "Cannot resolve reference \"@ref{t.id}\": Ensure this job resolves no more than 6 references.",
+                "token": "@ref{t.id}",
+            }),
+        );
+
+        // Size: a few references to a large response, embedded in one string, would make
+        // a step body larger than server.max_body_size.
+        let users = w.call("STAFF", "GET", "/users/users/", None);
+        let users_len = users.json()["results"].to_string().len();
+        assert!(
+            (4000..12000).contains(&users_len),
+            "{name}: the user list is {users_len} bytes"
+        );
+        let mut first = post_team("Too Large");
+        first["ref"] = json!("t");
+        refused(
+            json!({"actions": [
+                first,
+                {"ref": "u", "method": "GET", "path": "/users/users/"},
+                {"method": "PATCH", "path": "/users/teams/@ref{t.id}/",
+                 "payload": {"name": "@ref{u.results} @ref{u.results} @ref{u.results} @ref{u.results} @ref{u.results}"}},
+            ]}),
+            json!({
+                "detail": "Step #3 (PATCH /users/teams/@ref{t.id}/) is too large once its references are resolved: the limit is 16384 bytes.",
+                "step": 3,
+            }),
+        );
+        // One copy fits, and reaches the endpoint (which refuses so long a name).
+        let mut first = post_team("Fits");
+        first["ref"] = json!("t");
+        let r = batch(
+            &w,
+            "STAFF",
+            json!({"actions": [
+                first,
+                {"ref": "u", "method": "GET", "path": "/users/users/"},
+                {"method": "POST", "path": "/users/teams/",
+                 "payload": {"name": "x @ref{u.results}"}},
+            ]}),
+        );
+        assert_eq!(r.status, 422, "{name}: {}", r.text());
+        assert_eq!(r.json()["status"], 400, "{name}: {}", r.text());
+    }
+}
+
+/// A job that runs past `batch.time_limit` is rolled back whole (rows, audit entries and
+/// uploaded files) and answered 422 soon after the limit.
+#[test]
+fn batch_time_limit_rolls_back_the_whole_job() {
+    for backend in backends() {
+        let w = World::new(
+            backend,
+            &[
+                ("KEYSTONE_BATCH__TIME_LIMIT", "1"),
+                ("KEYSTONE_THROTTLE__USER", "1000000/min"),
+            ],
+        );
+        let name = backend.name();
+        let (team, mb) = (w.id("TEAM"), w.id("MB"));
+        w.site.sql(&format!(
+            "INSERT INTO allocations_allocationrequest (id, title, description, status, submitter_id, team_id) \
+             VALUES (1, 'Request One', 'First', 'PD', {mb}, {team});"
+        ));
+        let before = snapshot(&w);
+        // Thousands of list requests in nested jobs: far more than a second's work.
+        let slow = json!({"actions": vec![
+            json!({"method": "GET", "path": "/users/users/", "query_params": {"_order": "id"}});
+            100
+        ]});
+        let mut actions = vec![
+            json!({"method": "POST", "path": "/allocations/attachments/",
+                   "payload": {"request": 1, "file": "@file{doc}"}}),
+            post_team("Slow Team"),
+        ];
+        actions.extend((0..98).map(|_| nested(slow.clone())));
+        let job = json!({ "actions": actions });
+        let started = std::time::Instant::now();
+        let r = multipart_batch(&w, "STAFF", &job, &[("doc", "notes.txt", b"slow job")]);
+        let took = started.elapsed();
+        assert_eq!(r.status, 422, "{name}: {}", r.text());
+        let body = r.json();
+        let step = body["step"].as_i64().expect("step");
+        assert!(step >= 3, "{name}: {body}");
+        assert_eq!(
+            body["detail"],
+            format!(
+                "Job exceeded its time limit of 1 second at step #{step} (POST /batch/); no changes were saved."
+            ),
+            "{name}"
+        );
+        assert_eq!(body["body"], json!({}), "{name}");
+        eprintln!(
+            "{name}: the time limit stopped the job at step #{step}, answered after {took:?}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(8),
+            "{name}: answered after {took:?}"
+        );
+        assert_eq!(
+            snapshot(&w),
+            before,
+            "{name}: a timed-out job stored something"
+        );
+
+        if backend == Backend::Postgres {
+            // A step waiting on a lock gives up at the deadline (statement_timeout) and
+            // frees its connection, instead of waiting as long as the lock is held.
+            let site_sql = {
+                let site = &w.site;
+                let statements = "BEGIN; LOCK TABLE users_team IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;";
+                std::thread::scope(|s| {
+                    let holder = s.spawn(move || site.sql(statements));
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    let started = std::time::Instant::now();
+                    let r = batch(&w, "STAFF", json!({"actions": [post_team("Blocked Team")]}));
+                    let took = started.elapsed();
+                    holder.join().expect("lock holder");
+                    (r, took)
+                })
+            };
+            let (r, took) = site_sql;
+            assert_eq!(r.status, 422, "{name}: {}", r.text());
+            assert_eq!(r.json()["step"], 1, "{name}");
+            assert!(
+                took < std::time::Duration::from_secs(4),
+                "{name}: the blocked step held on for {took:?}"
+            );
+            assert_eq!(
+                snapshot(&w),
+                before,
+                "{name}: the blocked job stored something"
+            );
+        }
     }
 }

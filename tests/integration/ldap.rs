@@ -20,7 +20,7 @@ const ADMIN_DN: &str = "cn=admin,dc=example,dc=org";
 const ADMIN_PASSWORD: &str = "admin-secret";
 
 pub(crate) const ALICE_PASSWORD: &str = "alice-secret";
-const BOB_PASSWORD: &str = "bob secret";
+pub(crate) const BOB_PASSWORD: &str = "bob secret";
 const STAR_PASSWORD: &str = "star-secret";
 const CAROL_PASSWORD: &str = "carol-secret";
 

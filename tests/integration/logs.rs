@@ -115,7 +115,10 @@ fn concurrent_requests_are_all_logged_by_cid() {
 
 #[test]
 fn client_address_honours_forwarded_for_only_when_trusted() {
-    let w = World::new(Backend::Sqlite, &[]);
+    let w = World::new(
+        Backend::Sqlite,
+        &[("KEYSTONE_SERVER__TRUST_FORWARDED_FOR", "true")],
+    );
     w.web.request(
         "GET",
         "/version/",
@@ -128,11 +131,12 @@ fn client_address_honours_forwarded_for_only_when_trusted() {
     let rec = &w
         .call("STAFF", "GET", &format!("/logs/requests/?cid={CID}"), None)
         .json()["results"][0];
-    assert_eq!(rec["remote_address"], "203.0.113.7");
-    let w = World::new(
-        Backend::Sqlite,
-        &[("KEYSTONE_SERVER__TRUST_FORWARDED_FOR", "false")],
+    assert_eq!(
+        rec["remote_address"], "10.0.0.1",
+        "the entry the one trusted proxy appended, not the client's own"
     );
+    // Not trusted by default.
+    let w = World::new(Backend::Sqlite, &[]);
     w.web.request(
         "GET",
         "/version/",

@@ -164,7 +164,7 @@ pub fn scope_to_caller_teams(q: &mut SelectStatement, caller: &Caller) {
     if caller.is_staff() {
         return;
     }
-    let me = caller.id().unwrap_or(-1);
+    let me = caller.id();
     let mut teams = Query::select();
     teams
         .column(Alias::new("team_id"))
@@ -190,7 +190,7 @@ pub async fn request_team(db: &Db, request_id: i64) -> Result<Option<i64>, ApiEr
 
 /// Staff, or any member of the team.
 pub async fn is_member_or_staff(db: &Db, caller: &Caller, team_id: i64) -> Result<bool, ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     Ok(me.is_staff
         || crate::api::teams::role_in(db, me.id, team_id)
             .await?
@@ -298,7 +298,7 @@ async fn writable(db: &Db, caller: &Caller, id: i64) -> Result<AttachmentRow, Ap
     let a = by_id(db, id)
         .await?
         .ok_or_else(|| ApiError::no_match(MODEL))?;
-    if caller.require()?.is_staff {
+    if caller.user.is_staff {
         Ok(a)
     } else {
         Err(ApiError::forbidden())
@@ -530,7 +530,7 @@ fn now() -> DateTime<Utc> {
 pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?.clone();
+        let me = caller.user.clone();
         let body = body::read(req).await?;
         // View-level rule: a non-staff caller must be an admin/owner of the body request's
         // team; a missing, garbled or unknown request is 403 too.
@@ -740,7 +740,6 @@ pub async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) 
 pub async fn media(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        caller.require()?;
         let name = req
             .param::<String>("name")
             .ok_or_else(ApiError::not_found)?;
@@ -915,8 +914,8 @@ async fn remove_unreferenced(db: &Db, config: &Config, file: &str) -> Result<(),
 }
 
 /// The routes of this resource.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(crate::api::collection!(
             "allocations/attachments/",
             list,

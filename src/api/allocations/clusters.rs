@@ -136,7 +136,7 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     if caller.is_staff() {
         return;
     }
-    let me = caller.id().unwrap_or(-1);
+    let me = caller.id();
     let listed = || {
         let mut sub = Query::select();
         sub.column(Alias::new("cluster_id"))
@@ -423,7 +423,7 @@ async fn set_access_teams(tx: &mut Tx, cluster_id: i64, teams: &[i64]) -> Result
 }
 
 fn staff_only(caller: &Caller) -> Result<(), ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     if me.is_staff {
         Ok(())
     } else {
@@ -613,8 +613,8 @@ fn blocked() -> ApiError {
 }
 
 /// The routes of this resource.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(crate::api::collection!(
             "allocations/clusters/",
             list,

@@ -182,7 +182,7 @@ async fn accessible(db: &Db, caller: &Caller, id: i64) -> Result<CommentRow, Api
     let c = by_id(db, id)
         .await?
         .ok_or_else(|| ApiError::no_match(MODEL))?;
-    if caller.require()?.is_staff {
+    if caller.user.is_staff {
         return Ok(c);
     }
     let member = match request_team(db, c.request_id).await? {
@@ -327,7 +327,7 @@ async fn validate(
 pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?.clone();
+        let me = caller.user.clone();
         let body = body::read(req).await?;
         // View-level rule: non-staff must be a member of the body request's team; a
         // missing, garbled or unknown request is 403 too.
@@ -374,7 +374,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 
 async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<Value, ApiError> {
     let (app, caller) = context(depot)?;
-    let me = caller.require()?.clone();
+    let me = caller.user.clone();
     let current = accessible(&app.db, &caller, path_id(req)?).await?;
     let body = body::read(req).await?;
     // ⚑ Upstream lets a member move a comment to any team's request; Keystone requires
@@ -479,8 +479,8 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 }
 
 /// The routes of this resource.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(crate::api::collection!(
             "allocations/comments/",
             list,

@@ -8,11 +8,9 @@ pub mod requests;
 pub mod resource_allocations;
 pub mod reviews;
 
-use salvo::prelude::*;
-
 /// The routes of this family.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(clusters::routes())
         .push(requests::routes())
         .push(reviews::routes())

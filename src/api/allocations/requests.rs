@@ -1,5 +1,6 @@
 //! `/allocations/requests/` (domain.md §7.2, §7.3): allocation requests of a team. Team
-//! admins/owners create them, staff edit and delete them, every member reads them. Also the
+//! admins/owners create them (⚑ pending, with their own team's grants and publications only),
+//! staff edit and delete them, every member reads them. Also the
 //! helpers the other team-scoped allocation resources share: the membership scope, request
 //! summaries, date parsing, and the audit entries of cascading deletes.
 
@@ -194,20 +195,26 @@ pub struct AllocationRequestRequestDoc {
     pub title: String,
     #[salvo(schema(min_length = 1, max_length = 20000))]
     pub description: String,
+    #[salvo(schema(format = Date))]
     pub active: Option<String>,
+    #[salvo(schema(format = Date))]
     pub expire: Option<String>,
     /// * `PD` - Pending
     /// * `AP` - Approved
     /// * `DC` - Declined
     /// * `CR` - Changes Requested
+    ///
+    /// Non-staff callers may only create a request in status `PD` (403 otherwise).
     #[salvo(schema(required = false))]
     pub status: String,
     pub submitter: i64,
     pub team: i64,
     #[salvo(schema(required = false))]
     pub assignees: Vec<i64>,
+    /// Non-staff callers may only link publications of the request's team (403 otherwise).
     #[salvo(schema(required = false))]
     pub publications: Vec<i64>,
+    /// Non-staff callers may only link grants of the request's team (403 otherwise).
     #[salvo(schema(required = false))]
     pub grants: Vec<i64>,
 }
@@ -219,7 +226,9 @@ pub struct PatchedAllocationRequestRequestDoc {
     pub title: String,
     #[salvo(schema(min_length = 1, max_length = 20000, required = false))]
     pub description: String,
+    #[salvo(schema(format = Date))]
     pub active: Option<String>,
+    #[salvo(schema(format = Date))]
     pub expire: Option<String>,
     /// * `PD` - Pending
     /// * `AP` - Approved
@@ -285,18 +294,14 @@ pub fn scope_via_request(q: &mut sea_query::SelectStatement, caller: &Caller, co
     requests
         .column(Alias::new("id"))
         .from(Alias::new(TABLE))
-        .and_where(
-            Expr::col(Alias::new("team_id")).in_subquery(teams_of(caller.id().unwrap_or(-1))),
-        );
+        .and_where(Expr::col(Alias::new("team_id")).in_subquery(teams_of(caller.id())));
     q.and_where(Expr::col(Alias::new(column)).in_subquery(requests));
 }
 
 /// Non-staff list visibility of requests: those of the caller's teams.
 fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
-        q.and_where(
-            Expr::col(Alias::new("team_id")).in_subquery(teams_of(caller.id().unwrap_or(-1))),
-        );
+        q.and_where(Expr::col(Alias::new("team_id")).in_subquery(teams_of(caller.id())));
     }
 }
 
@@ -807,7 +812,7 @@ async fn found(db: &Db, id: i64) -> Result<RequestRow, ApiError> {
 pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?;
+        let me = &caller.user;
         let r = found(&app.db, path_id(req)?).await?;
         if !me.is_staff && !is_member(&app.db, me.id, r.team_id).await? {
             return Err(ApiError::forbidden());
@@ -992,10 +997,61 @@ async fn set_links(tx: &mut Tx, request_id: i64, w: &Write) -> Result<(), ApiErr
     Ok(())
 }
 
+/// ⚑ Whether a non-staff create files the request as pending (docs/security.md §10): no
+/// `status`, or exactly `PD`. Any other value, valid or not, is refused before validation.
+fn files_as_pending(body: &body::Body) -> bool {
+    match body.get("status") {
+        None => true,
+        Some(Value::String(s)) => s == "PD",
+        Some(_) => false,
+    }
+}
+
+/// The ids a to-many field of the body names, as far as they parse the way validation
+/// parses them (validation reports the rest).
+fn listed_ids(body: &body::Body, field: &str) -> Vec<i64> {
+    let items: Vec<&Value> = match body.get(field) {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(one @ Value::String(_)) if body.form => vec![one],
+        _ => Vec::new(),
+    };
+    let mut ids: Vec<i64> = items.into_iter().filter_map(|v| pk_value(v).ok()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// ⚑ Whether every grant and publication the body links belongs to `team` (docs/security.md
+/// §10). Ids that do not exist pass here; validation answers them with 400.
+async fn links_stay_in_team(db: &Db, body: &body::Body, team: i64) -> Result<bool, ApiError> {
+    for (field, table) in [
+        ("grants", "research_products_grant"),
+        ("publications", "research_products_publication"),
+    ] {
+        let ids = listed_ids(body, field);
+        if ids.is_empty() {
+            continue;
+        }
+        let mut q = Query::select();
+        q.column(Alias::new("id"))
+            .from(Alias::new(table))
+            .and_where(Expr::col(Alias::new("id")).is_in(ids))
+            .and_where(Expr::col(Alias::new("team_id")).ne(team))
+            .limit(1);
+        let foreign: Vec<(i64,)> = crate::db::fetch_all(db, &q).await?;
+        if !foreign.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Create an allocation request.
 ///
 /// Creates a new allocation request. Write access is granted to staff users and team
-/// administrators.
+/// administrators. A team administrator may only create a request in status `PD` (pending)
+/// and may only link grants and publications of the request's own team; any other status,
+/// or a grant or publication of another team, is refused with 403 before validation.
 #[endpoint(
     operation_id = "allocations_requests_create",
     tags("Allocations - Requests"),
@@ -1005,14 +1061,20 @@ async fn set_links(tx: &mut Tx, request_id: i64, w: &Write) -> Result<(), ApiErr
 pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?;
+        let me = &caller.user;
         let body = body::read(req).await?;
         // View-level rule: a non-staff caller must be an admin/owner of the body's team; a
-        // missing, garbled or unknown team is a 403, not a validation error.
+        // missing, garbled or unknown team is a 403, not a validation error. ⚑ The request
+        // is filed as pending and links only its own team's grants and publications
+        // (docs/security.md §10); like the team rule, this runs before validation.
         if !me.is_staff {
             let team = body.get("team").and_then(|t| pk_value(t).ok());
             let allowed = match team {
-                Some(t) => crate::api::teams::is_privileged(&app.db, me.id, t).await?,
+                Some(t) => {
+                    crate::api::teams::is_privileged(&app.db, me.id, t).await?
+                        && files_as_pending(&body)
+                        && links_stay_in_team(&app.db, &body, t).await?
+                }
                 None => false,
             };
             if !allowed {
@@ -1060,7 +1122,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 
 /// The record of a staff-only item write: 404 when missing, 403 for everyone but staff.
 async fn staff_item(db: &Db, caller: &Caller, id: i64) -> Result<RequestRow, ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     let r = found(db, id).await?;
     if !me.is_staff {
         return Err(ApiError::forbidden());
@@ -1424,8 +1486,8 @@ pub async fn audit_cascaded_team(
 }
 
 /// The routes of this resource.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(crate::api::collection!(
             "allocations/requests/",
             list,

@@ -1,6 +1,7 @@
 //! `/allocations/allocations/` (domain.md §7.5): service units requested, awarded and used
 //! on one cluster for one request. Staff, or an admin/owner of the request's team on a
-//! cluster the team may use, create them; staff edit and delete them; members read them.
+//! cluster the team may use, create them (⚑ only staff award: `awarded` and `final`); staff
+//! edit and delete them; members read them.
 
 use super::clusters;
 use super::requests::{self, invalid_pk};
@@ -76,8 +77,10 @@ pub struct ResourceAllocationDoc {
 pub struct ResourceAllocationRequestDoc {
     #[salvo(schema(minimum = 0, maximum = 2147483647))]
     pub requested: i64,
+    /// Set by staff only: a non-staff create sending a value other than null is refused (403).
     #[salvo(schema(minimum = 0, maximum = 2147483647))]
     pub awarded: Option<i64>,
+    /// Set by staff only: a non-staff create sending a value other than null is refused (403).
     #[salvo(schema(minimum = 0, maximum = 2147483647))]
     pub r#final: Option<i64>,
     pub cluster: i64,
@@ -209,7 +212,7 @@ async fn found(db: &Db, id: i64) -> Result<AllocationRow, ApiError> {
 pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?;
+        let me = &caller.user;
         let a = found(&app.db, path_id(req)?).await?;
         if !me.is_staff {
             let member = match requests::by_id(&app.db, a.request_id).await? {
@@ -407,9 +410,25 @@ async fn validate(
     })
 }
 
+/// ⚑ Whether a body sets service units only staff may set (docs/security.md §10): any
+/// `awarded` or `final` that is not null (a form's empty value is null), valid or not.
+fn sets_award(body: &body::Body) -> bool {
+    ["awarded", "final"]
+        .into_iter()
+        .any(|name| match body.get(name) {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => !(s.is_empty() && body.form),
+            Some(_) => true,
+        })
+}
+
 /// The create rule for non-staff callers (domain.md §7.5): admin/owner of the body request's
-/// team, on a cluster that team may use. Anything missing or unknown is a 403.
+/// team, on a cluster that team may use, ⚑ without `awarded` or `final`. Anything missing or
+/// unknown is a 403.
 async fn may_create(db: &Db, user_id: i64, body: &body::Body) -> Result<bool, ApiError> {
+    if sets_award(body) {
+        return Ok(false);
+    }
     let pk = |key: &str| body.get(key).and_then(|v| pk_value(v).ok());
     let (Some(request_id), Some(cluster_id)) = (pk("request"), pk("cluster")) else {
         return Ok(false);
@@ -430,7 +449,8 @@ async fn may_create(db: &Db, user_id: i64, body: &body::Body) -> Result<bool, Ap
 ///
 /// Creates a new resource allocation. Write access is granted to staff users and team
 /// administrators. Non-staff users may only create allocations on clusters their team is
-/// permitted to use under the cluster's access mode.
+/// permitted to use under the cluster's access mode, and may not set `awarded` or `final`
+/// (any value other than null is refused with 403 before validation).
 #[endpoint(
     operation_id = "allocations_allocations_create",
     tags("Allocations - Allocated Resources"),
@@ -440,7 +460,7 @@ async fn may_create(db: &Db, user_id: i64, body: &body::Body) -> Result<bool, Ap
 pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?;
+        let me = &caller.user;
         let body = body::read(req).await?;
         if !me.is_staff && !may_create(&app.db, me.id, &body).await? {
             return Err(ApiError::forbidden());
@@ -481,7 +501,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 
 /// A staff-only item: 404 when missing, then 403 for non-staff.
 async fn staff_item(db: &Db, caller: &Caller, id: i64) -> Result<AllocationRow, ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     let a = found(db, id).await?;
     if !me.is_staff {
         return Err(ApiError::forbidden());
@@ -588,8 +608,8 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 }
 
 /// The routes of this resource.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(crate::api::collection!(
             "allocations/allocations/",
             list,

@@ -200,7 +200,7 @@ async fn team_of_request(db: &Db, request_id: i64) -> Result<Option<i64>, ApiErr
 pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
         let (app, caller) = context(depot)?;
-        let me = caller.require()?;
+        let me = &caller.user;
         let r = found(&app.db, path_id(req)?).await?;
         if !me.is_staff {
             let team = team_of_request(&app.db, r.request_id).await?;
@@ -295,7 +295,7 @@ async fn validate(
 }
 
 fn staff_only(caller: &Caller) -> Result<i64, ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     if me.is_staff {
         Ok(me.id)
     } else {
@@ -353,7 +353,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 
 /// A staff-only item: 404 when missing, then 403 for non-staff.
 async fn staff_item(db: &Db, caller: &Caller, id: i64) -> Result<(i64, ReviewRow), ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     let r = found(db, id).await?;
     if !me.is_staff {
         return Err(ApiError::forbidden());
@@ -458,8 +458,8 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 }
 
 /// The routes of this resource.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(crate::api::collection!(
             "allocations/reviews/",
             list,

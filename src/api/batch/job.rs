@@ -170,10 +170,36 @@ fn parse_step(item: &Value) -> Result<Step, Map<String, Value>> {
     }
 }
 
-/// Validates the value of `job` (already decoded when it came as a string).
-pub fn parse(job: &Value) -> Result<Job, ApiError> {
+/// A refused job: its field errors (400), and whether they include the step limit (a
+/// nested job that breaks a limit ends the whole request).
+#[derive(Debug)]
+pub struct Invalid {
+    pub error: ApiError,
+    pub over_limit: bool,
+}
+
+impl From<ApiError> for Invalid {
+    fn from(error: ApiError) -> Self {
+        Invalid {
+            error,
+            over_limit: false,
+        }
+    }
+}
+
+/// DRF's ListField/ListSerializer `max_length` message.
+pub fn too_many_steps(max_steps: usize) -> Value {
+    json!({"non_field_errors": [format!(
+        "Ensure this field has no more than {max_steps} elements."
+    )]})
+}
+
+/// Validates the value of `job` (already decoded when it came as a string). A job listing
+/// more than `max_steps` steps is refused before its steps are looked at, as DRF checks a
+/// list's length before its items.
+pub fn parse(job: &Value, max_steps: usize) -> Result<Job, Invalid> {
     let obj = match job {
-        Value::Null => return Err(ApiError::field("non_field_errors", "No data provided")),
+        Value::Null => return Err(ApiError::field("non_field_errors", "No data provided").into()),
         Value::Object(m) => m,
         other => {
             return Err(ApiError::field(
@@ -182,9 +208,11 @@ pub fn parse(job: &Value) -> Result<Job, ApiError> {
                     "Invalid data. Expected a dictionary, but got {}.",
                     type_name(other)
                 ),
-            ));
+            )
+            .into());
         }
     };
+    let mut over_limit = false;
     let mut errors = Map::new();
     let dry_run = match obj.get("dry_run") {
         None => false,
@@ -206,6 +234,10 @@ pub fn parse(job: &Value) -> Result<Job, ApiError> {
                 "actions".into(),
                 json!({"non_field_errors": ["This list may not be empty."]}),
             );
+        }
+        Some(Value::Array(items)) if items.len() > max_steps => {
+            over_limit = true;
+            errors.insert("actions".into(), too_many_steps(max_steps));
         }
         Some(Value::Array(items)) => {
             let mut per_step = Vec::with_capacity(items.len());
@@ -251,7 +283,10 @@ pub fn parse(job: &Value) -> Result<Job, ApiError> {
     if errors.is_empty() {
         Ok(Job { dry_run, steps })
     } else {
-        Err(ApiError::Fields(errors))
+        Err(Invalid {
+            error: ApiError::Fields(errors),
+            over_limit,
+        })
     }
 }
 
@@ -298,6 +333,7 @@ pub struct JobStepRequestDoc {
 pub struct JobRequestDoc {
     #[salvo(schema(required = false, default = false))]
     pub dry_run: bool,
+    #[salvo(schema(min_items = 1))]
     pub actions: Vec<JobStepRequestDoc>,
 }
 
@@ -343,8 +379,8 @@ mod tests {
     use super::*;
 
     fn err(v: Value) -> Value {
-        match parse(&v) {
-            Err(e) => e.body(),
+        match parse(&v, 100) {
+            Err(e) => e.error.body(),
             Ok(j) => panic!("accepted: {j:?}"),
         }
     }
@@ -403,12 +439,46 @@ mod tests {
     }
 
     #[test]
+    fn step_limit_uses_drf_list_message_before_items_are_checked() {
+        let steps = |n: usize| json!({"actions": vec![json!({"method": "TRACE"}); n]});
+        let refused = parse(&steps(4), 3).unwrap_err();
+        assert!(refused.over_limit);
+        assert_eq!(
+            refused.error.body(),
+            json!({"actions": {"non_field_errors": ["Ensure this field has no more than 3 elements."]}})
+        );
+        // At the limit the steps themselves are validated.
+        let refused = parse(&steps(3), 3).unwrap_err();
+        assert!(!refused.over_limit);
+        assert_eq!(
+            refused.error.body()["actions"].as_array().map(Vec::len),
+            Some(3)
+        );
+        // Other fields are still reported alongside, as DRF does.
+        let refused = parse(
+            &json!({"dry_run": "maybe", "actions": vec![json!({}); 2]}),
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(
+            refused.error.body(),
+            json!({
+                "dry_run": ["Must be a valid boolean."],
+                "actions": {"non_field_errors": ["Ensure this field has no more than 1 elements."]}
+            })
+        );
+    }
+
+    #[test]
     fn defaults_and_unnamed_steps() {
-        let job = parse(&json!({"actions": [
+        let job = parse(
+            &json!({"actions": [
             {"method": "GET", "path": " /users/teams/ "},
             {"ref": "", "method": "DELETE", "path": "/x/1/"},
             {"ref": "t", "method": "POST", "path": "/x/", "payload": {"a": 1}}
-        ], "dry_run": "true"}))
+        ], "dry_run": "true"}),
+            100,
+        )
         .unwrap();
         assert!(job.dry_run);
         assert_eq!(job.steps[0].reference, "");

@@ -3,9 +3,13 @@
 //! Each step is an internal request dispatched to the full route table with the batch
 //! caller's identity. All steps share one database transaction (`Db::pin`): a step sees the
 //! writes of the steps before it, and the job commits or rolls back as a whole. A nested
-//! `/batch/` step runs inside the outer transaction under a savepoint.
+//! `/batch/` step runs inside the outer transaction under a savepoint. Every request is
+//! bounded by the `[batch]` settings (see `limits`).
 
 mod job;
+mod limits;
+#[cfg(test)]
+mod proptests;
 mod tokens;
 
 use crate::api::context;
@@ -13,13 +17,14 @@ use crate::db::Db;
 use crate::http::access::{Cid, Delegated};
 use crate::http::{ApiError, AppState, InjectState};
 use job::{Job, Step};
+use limits::{Limits, Scope};
 use salvo::http::header::{self, HeaderName, HeaderValue};
 use salvo::http::{Method, ReqBody, ResBody, StatusCode};
 use salvo::prelude::*;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use tokens::{ResolveError, Resolved};
+use tokens::{Failure, ResolveError, Resolved};
 
 /// Headers of the batch request that steps inherit, so that links, client addresses and
 /// audit entries read as they would for the batch request itself.
@@ -56,6 +61,10 @@ enum Stop {
     Reference(ResolveError),
     /// A step answered 5xx, or the transaction failed: 500.
     Internal,
+    /// A `[batch]` limit was reached, here or in a nested job: 400 with this body.
+    Limit(Value),
+    /// The request ran past `batch.time_limit`: 422 with this body.
+    Timeout(Value),
 }
 
 /// The request body and uploaded parts of the batch request.
@@ -66,7 +75,7 @@ struct Upload {
 
 /// Reads and validates the job (§12.1): JSON or multipart only, `job` as an object or a
 /// JSON string.
-async fn read_job(req: &mut Request) -> Result<Upload, ApiError> {
+async fn read_job(req: &mut Request, max_steps: usize) -> Result<Upload, job::Invalid> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -81,7 +90,7 @@ async fn read_job(req: &mut Request) -> Result<Upload, ApiError> {
             .to_ascii_lowercase();
         if !essence.is_empty() && essence != "application/json" && essence != "multipart/form-data"
         {
-            return Err(ApiError::UnsupportedMediaType(ct.clone()));
+            return Err(ApiError::UnsupportedMediaType(ct.clone()).into());
         }
     }
     let body = super::body::read(req).await?;
@@ -110,7 +119,7 @@ async fn read_job(req: &mut Request) -> Result<Upload, ApiError> {
         },
         other => other,
     };
-    let job = job::parse(&value)?;
+    let job = job::parse(&value, max_steps)?;
     Ok(Upload { job, files })
 }
 
@@ -132,21 +141,41 @@ async fn read_job(req: &mut Request) -> Result<Upload, ApiError> {
     )
 )]
 pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let outcome = async {
-        let (app, caller) = context(depot)?;
-        caller.require()?;
-        let upload = read_job(req).await?;
-        let cid = depot
-            .get_typed::<Cid>()
-            .cloned()
-            .unwrap_or_else(|_| Cid(crate::http::access::correlation_id(req)));
-        Ok::<_, ApiError>((app, caller, upload, cid))
-    }
-    .await;
-    let (app, caller, upload, cid) = match outcome {
+    let (app, caller) = match context(depot) {
         Ok(v) => v,
         Err(e) => return e.render(res),
     };
+    // A job dispatched by a step of another job runs in that job's scope, one level down.
+    let enclosing = depot.get_typed::<Scope>().ok().cloned();
+    if let Some(scope) = &enclosing
+        && scope.too_deep()
+    {
+        let body = limits::too_deep(scope.limits().max_depth);
+        scope.abort(body.clone());
+        res.status_code(StatusCode::BAD_REQUEST);
+        return res.render(Json(body));
+    }
+    let max_steps = match &enclosing {
+        Some(scope) => scope.limits().max_steps,
+        None => Limits::of(&app.config).max_steps,
+    };
+    let upload = match read_job(req, max_steps).await {
+        Ok(upload) => upload,
+        Err(invalid) => {
+            if invalid.over_limit
+                && let Some(scope) = &enclosing
+            {
+                scope.abort(invalid.error.body());
+            }
+            return invalid.error.render(res);
+        }
+    };
+    // The clock of an outermost job starts once its request has been read.
+    let scope = enclosing.unwrap_or_else(|| Scope::outermost(Limits::of(&app.config)));
+    let cid = depot
+        .get_typed::<Cid>()
+        .cloned()
+        .unwrap_or_else(|_| Cid(crate::http::access::correlation_id(req)));
     let nested = app.db.is_pinned();
     let db = match app.db.pin().await {
         Ok(db) => db,
@@ -159,9 +188,11 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     state.db = db.clone();
     state.revocations = Arc::new(app.revocations.on(db.clone()));
     let runner = Runner {
-        service: step_service(Arc::new(state), Delegated(caller), cid),
+        service: step_service(Arc::new(state), Delegated(caller), cid, scope.nested()),
         outer: req,
         files: &upload.files,
+        scope: &scope,
+        db: &db,
     };
     let result = runner.run(&upload.job.steps).await;
     drop(runner);
@@ -169,6 +200,10 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let ended = if nested {
         end_nested(&db, keep).await
     } else {
+        if keep {
+            // The commit itself must not be cut short by the job's statement deadline.
+            statement_deadline(&db, None).await;
+        }
         match db.finish(keep).await {
             Ok(orphans) => {
                 crate::api::allocations::attachments::remove_stored(&app.config, &orphans).await;
@@ -205,7 +240,34 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
                 "token": e.token,
             })));
         }
+        Err(Stop::Limit(body)) => {
+            scope.abort(body.clone());
+            res.status_code(StatusCode::BAD_REQUEST);
+            res.render(Json(body));
+        }
+        Err(Stop::Timeout(body)) => {
+            res.status_code(StatusCode::UNPROCESSABLE_ENTITY);
+            res.render(Json(body));
+        }
         Err(Stop::Internal) => ApiError::Internal.render(res),
+    }
+}
+
+/// On PostgreSQL, bounds every statement of the job's transaction by the time left (a step
+/// waiting on a lock gives up at the deadline instead of holding its pooled connection);
+/// `None` lifts the bound. SQLite statements of a job never wait: it holds the write lock.
+async fn statement_deadline(db: &Db, left: Option<std::time::Duration>) {
+    if let Db::PostgresPinned(pinned) = db {
+        // Rounded up, so a statement is cut off only once the deadline has passed.
+        let ms = left.map_or(0, |d| (d.as_millis() + 1).min(i32::MAX as u128));
+        let mut tx = pinned.tx.lock().await;
+        let set = sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+            .bind(ms.to_string())
+            .execute(&mut **tx)
+            .await;
+        if let Err(e) = set {
+            tracing::warn!("batch: cannot set the statement deadline: {e}");
+        }
     }
 }
 
@@ -219,21 +281,21 @@ async fn end_nested(db: &Db, keep: bool) -> Result<(), crate::db::DbError> {
 
 /// The service steps are dispatched to: every route, with the job's state and caller, and
 /// none of the outer middleware (no redirects, no request logging, no CORS).
-fn step_service(state: Arc<AppState>, caller: Delegated, cid: Cid) -> Service {
+fn step_service(state: Arc<AppState>, caller: Delegated, cid: Cid, scope: Scope) -> Service {
     // The route table is built once per process, not once per job.
     static ROUTER: std::sync::OnceLock<Arc<Router>> = std::sync::OnceLock::new();
     let router = ROUTER.get_or_init(|| Arc::new(crate::http::router()));
     Service::new(router.clone())
         .hoop(InjectState(state))
-        .hoop(StepIdentity { caller, cid })
-        .hoop(crate::http::access::authenticate)
+        .hoop(StepIdentity { caller, cid, scope })
         .catcher(salvo::catcher::Catcher::default().hoop(step_errors))
 }
 
-/// Puts the batch caller and correlation id in each step's depot.
+/// Puts the batch caller, correlation id and job scope in each step's depot.
 struct StepIdentity {
     caller: Delegated,
     cid: Cid,
+    scope: Scope,
 }
 
 #[async_trait]
@@ -247,6 +309,7 @@ impl Handler for StepIdentity {
     ) {
         depot.insert_typed(self.caller.clone());
         depot.insert_typed(self.cid.clone());
+        depot.insert_typed(self.scope.clone());
         ctrl.call_next(req, depot, res).await;
     }
 }
@@ -268,27 +331,65 @@ struct Runner<'a> {
     service: Service,
     outer: &'a Request,
     files: &'a [tokens::FilePart],
+    scope: &'a Scope,
+    db: &'a Db,
 }
 
 impl Runner<'_> {
     async fn run(&self, steps: &[Step]) -> Result<Vec<StepResult>, Stop> {
         let mut results: Vec<StepResult> = Vec::with_capacity(steps.len());
         let mut bodies: Map<String, Value> = Map::new();
+        let max_body = self.scope.limits().max_body;
         for (i, step) in steps.iter().enumerate() {
             let index = i + 1;
-            let path = tokens::resolve_text(&step.path, &bodies).map_err(Stop::Reference)?;
-            let mut files = Vec::new();
-            let mut payload = Map::new();
-            for (key, value) in &step.payload {
-                match tokens::resolve(value, &bodies, self.files).map_err(Stop::Reference)? {
-                    Resolved::Value(v) => {
-                        payload.insert(key.clone(), v);
-                    }
-                    Resolved::File(f) => files.push((key.clone(), f)),
+            let mut meter = self.scope.meter();
+            let before = meter.clone();
+            let resolved = self.resolve(step, &bodies, &mut meter);
+            self.scope.spent(&before, &meter);
+            let (path, payload, files) = resolved.map_err(|failure| match failure {
+                Failure::Unresolved(e) => Stop::Reference(e),
+                Failure::Expansions { token } => Stop::Limit(limits::too_many_expansions(
+                    &token,
+                    self.scope.limits().max_expansions,
+                )),
+                Failure::TooLarge => {
+                    Stop::Limit(limits::too_large(index, &step.method, &step.path, max_body))
                 }
-            }
+            })?;
             let target = with_query(&path, &step.query);
-            let (status, body) = self.dispatch(&step.method, &target, payload, files).await;
+            let (content_type, bytes) = match encode_body(payload, &files, max_body).await {
+                Ok(encoded) => encoded,
+                Err(Encoding::TooLarge) => {
+                    return Err(Stop::Limit(limits::too_large(
+                        index,
+                        &step.method,
+                        &step.path,
+                        max_body,
+                    )));
+                }
+                Err(Encoding::Unreadable(e)) => {
+                    tracing::error!("batch step: cannot read an uploaded file part: {e}");
+                    return Err(Stop::Internal);
+                }
+            };
+            statement_deadline(self.db, self.scope.remaining()).await;
+            let (status, body) = self
+                .dispatch(&step.method, &target, &content_type, bytes)
+                .await;
+            // A limit reached by a nested job ends this one too; so does the deadline,
+            // whatever the step answered (a statement cut off at it answers 500).
+            if let Some(body) = self.scope.aborted() {
+                return Err(Stop::Limit(body));
+            }
+            if self.scope.remaining().is_none() {
+                return Err(Stop::Timeout(limits::timed_out(
+                    index,
+                    &step.method,
+                    &path,
+                    status.as_u16(),
+                    self.scope.limits().time_limit,
+                )));
+            }
             let result = StepResult {
                 reference: step.reference.clone(),
                 index,
@@ -311,14 +412,36 @@ impl Runner<'_> {
         Ok(results)
     }
 
+    /// A step's path and payload with their tokens resolved, and the files it sends.
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        step: &Step,
+        bodies: &Map<String, Value>,
+        meter: &mut tokens::Meter,
+    ) -> Result<(String, Map<String, Value>, Vec<(String, tokens::FilePart)>), Failure> {
+        let path = tokens::resolve_text(&step.path, bodies, meter)?;
+        let mut files = Vec::new();
+        let mut payload = Map::new();
+        for (key, value) in &step.payload {
+            match tokens::resolve(value, bodies, self.files, meter)? {
+                Resolved::Value(v) => {
+                    payload.insert(key.clone(), v);
+                }
+                Resolved::File(f) => files.push((key.clone(), f)),
+            }
+        }
+        Ok((path, payload, files))
+    }
+
     /// Sends one internal request and returns its status and JSON body (null when the
     /// response has none).
     async fn dispatch(
         &self,
         method: &str,
         target: &str,
-        payload: Map<String, Value>,
-        files: Vec<(String, tokens::FilePart)>,
+        content_type: &str,
+        bytes: Vec<u8>,
     ) -> (StatusCode, Value) {
         let route = target.split('?').next().unwrap_or(target).to_string();
         let no_route = || {
@@ -326,7 +449,7 @@ impl Runner<'_> {
             (e.status(), e.body())
         };
         // Upstream resolves the path as given: no trailing-slash redirect inside a job.
-        if !route.starts_with('/') || !route.ends_with('/') {
+        if !route.ends_with('/') || crate::http::canonical::check(&route).is_err() {
             return no_route();
         }
         let Ok(uri) = target.parse::<salvo::http::uri::Uri>() else {
@@ -344,14 +467,7 @@ impl Runner<'_> {
                     .insert(HeaderName::from_static(name), v.clone());
             }
         }
-        let (content_type, bytes) = match encode_body(payload, &files).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("batch step: cannot read an uploaded file part: {e}");
-                return (StatusCode::INTERNAL_SERVER_ERROR, Value::Null);
-            }
-        };
-        if let Ok(v) = HeaderValue::from_str(&content_type) {
+        if let Ok(v) = HeaderValue::from_str(content_type) {
             req.headers_mut().insert(header::CONTENT_TYPE, v);
         }
         req.headers_mut()
@@ -413,14 +529,36 @@ fn with_query(path: &str, query: &Map<String, Value>) -> String {
     format!("{path}{sep}{encoded}")
 }
 
-/// The step's body: JSON, or multipart when a payload value is an uploaded file.
+/// Why a step's body could not be built.
+enum Encoding {
+    /// Larger than the request body limit.
+    TooLarge,
+    Unreadable(std::io::Error),
+}
+
+/// The step's body: JSON, or multipart when a payload value is an uploaded file; at most
+/// `max` bytes (files are measured before they are read).
 async fn encode_body(
     payload: Map<String, Value>,
     files: &[(String, tokens::FilePart)],
-) -> std::io::Result<(String, Vec<u8>)> {
+    max: usize,
+) -> Result<(String, Vec<u8>), Encoding> {
     if files.is_empty() {
         let bytes = serde_json::to_vec(&Value::Object(payload)).unwrap_or_default();
+        if bytes.len() > max {
+            return Err(Encoding::TooLarge);
+        }
         return Ok(("application/json".to_string(), bytes));
+    }
+    let mut file_bytes: u64 = 0;
+    for (_, file) in files {
+        let meta = tokio::fs::metadata(&file.path)
+            .await
+            .map_err(Encoding::Unreadable)?;
+        file_bytes = file_bytes.saturating_add(meta.len());
+    }
+    if usize::try_from(file_bytes).map_or(true, |n| n > max) {
+        return Err(Encoding::TooLarge);
     }
     let boundary = format!("keystone-batch-{}", uuid::Uuid::new_v4().simple());
     let mut out: Vec<u8> = Vec::new();
@@ -447,7 +585,9 @@ async fn encode_body(
         }
     }
     for (key, file) in files {
-        let content = tokio::fs::read(&file.path).await?;
+        let content = tokio::fs::read(&file.path)
+            .await
+            .map_err(Encoding::Unreadable)?;
         out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         out.extend_from_slice(
             format!(
@@ -462,6 +602,9 @@ async fn encode_body(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    if out.len() > max {
+        return Err(Encoding::TooLarge);
+    }
     Ok((format!("multipart/form-data; boundary={boundary}"), out))
 }
 
@@ -473,10 +616,11 @@ fn quote(s: &str) -> String {
 }
 
 /// The routes of this family.
-pub fn routes() -> Router {
-    Router::with_path("batch/")
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Endpoint::protected("batch/")
         .post(create)
         .options(super::meta("Batch", ""))
+        .into()
 }
 
 #[cfg(test)]

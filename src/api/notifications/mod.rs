@@ -6,19 +6,17 @@
 pub mod notifications;
 pub mod preferences;
 
-use salvo::prelude::*;
-
 /// The routes of this family.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(
-            Router::with_path("notifications/notifications/")
+            crate::http::route::Endpoint::protected("notifications/notifications/")
                 .get(notifications::list)
                 .head(notifications::list)
                 .options(crate::api::meta("Notification List", "")),
         )
         .push(
-            Router::with_path("notifications/notifications/{id}/")
+            crate::http::route::Endpoint::protected("notifications/notifications/{id}/")
                 .get(notifications::retrieve)
                 .head(notifications::retrieve)
                 .patch(notifications::patch)

@@ -99,7 +99,7 @@ pub struct NotificationRow {
 /// List and stats scope: staff see every notification, other users their own.
 pub fn scope(q: &mut SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
-        q.and_where(Expr::col(Alias::new("user_id")).eq(caller.id().unwrap_or(-1)));
+        q.and_where(Expr::col(Alias::new("user_id")).eq(caller.id()));
     }
 }
 
@@ -155,7 +155,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 /// The notification, if the caller is its recipient (404 when missing, 403 otherwise;
 /// staff are no exception).
 async fn own(db: &Db, caller: &Caller, id: i64) -> Result<NotificationRow, ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     let n: NotificationRow = on_db!(db, |p| sqlx::query_as(
         "SELECT id, time, read, subject, message_html, notification_type, user_id \
          FROM notifications_notification WHERE id = $1"

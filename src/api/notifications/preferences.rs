@@ -148,7 +148,7 @@ pub async fn get_or_create(db: &Db, user_id: i64) -> Result<PreferenceRow, ApiEr
 /// List scope: staff see every row, other users their own.
 fn scope(q: &mut SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
-        q.and_where(Expr::col(Alias::new("user_id")).eq(caller.id().unwrap_or(-1)));
+        q.and_where(Expr::col(Alias::new("user_id")).eq(caller.id()));
     }
 }
 
@@ -206,7 +206,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 
 /// The row, if the caller owns it or is staff (404 when missing, 403 otherwise).
 async fn accessible(db: &Db, caller: &Caller, id: i64) -> Result<PreferenceRow, ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     let row: PreferenceRow = on_db!(db, |p| sqlx::query_as(
         "SELECT id, request_expiry_thresholds, notify_on_expiration, user_id \
          FROM notifications_preference WHERE id = $1"
@@ -277,7 +277,7 @@ async fn validate(
     body: &body::Body,
     current: Option<&PreferenceRow>,
 ) -> Result<PreferenceRow, ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     body.require_object()?;
     let fields = &body.fields;
     let mut v = Validator::new(fields, true);

@@ -12,12 +12,11 @@ use crate::audit::{self, Action, AuditContext};
 use crate::db::{Db, Tx};
 use crate::http::ApiError;
 use crate::{on_db, on_tx};
-use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
 
 /// The routes of this family.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(super::collection!(
             "research/grants/",
             grants::list,
@@ -61,7 +60,7 @@ pub fn teams_of(user_id: i64) -> SelectStatement {
 /// List and stats scope of team-owned records: non-staff see the rows of their teams.
 pub fn team_scope(q: &mut SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
-        let me = caller.id().unwrap_or(-1);
+        let me = caller.id();
         q.and_where(Expr::col(Alias::new("team_id")).in_subquery(teams_of(me)));
     }
 }
@@ -84,7 +83,7 @@ pub async fn team_exists(db: &Db, team_id: i64) -> Result<bool, ApiError> {
 /// View-level rule: a non-staff body naming an existing team needs membership in it (403).
 /// An absent, unknown or malformed team passes; validation answers 400 for it.
 pub async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<(), ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     if me.is_staff {
         return Ok(());
     }
@@ -102,7 +101,7 @@ pub async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<()
 
 /// Object-level rule: staff, or a member of the record's current team (403 otherwise).
 pub async fn check_record_team(db: &Db, caller: &Caller, team_id: i64) -> Result<(), ApiError> {
-    let me = caller.require()?;
+    let me = &caller.user;
     if me.is_staff || is_member(db, me.id, team_id).await? {
         Ok(())
     } else {

@@ -15,8 +15,8 @@ use salvo::prelude::*;
 use sea_query::{Cond, Expr};
 
 /// The routes of this family.
-pub fn routes() -> Router {
-    Router::new()
+pub fn routes() -> crate::http::route::Routes {
+    crate::http::route::Routes::new()
         .push(super::read_only!(
             "stats/requests/",
             requests::retrieve,
