@@ -236,10 +236,7 @@ pub fn audit_context(req: &Request, depot: &Depot) -> crate::audit::AuditContext
         .ok()
         .map(|c| c.0.clone())
         .unwrap_or_else(|| correlation_id(req));
-    let trusted = depot
-        .get_typed::<std::sync::Arc<super::AppState>>()
-        .ok()
-        .map(|app| &app.config.settings);
+    let trusted = state(depot).ok().map(|app| &app.config.settings);
     let remote_addr = trusted
         .and_then(|s| super::client::client_ip(req, s))
         .map(|ip| ip.to_string());

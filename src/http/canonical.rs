@@ -16,11 +16,11 @@ pub fn check(path: &str) -> Result<(), &'static str> {
     if path.contains('\\') {
         return Err("contains a backslash");
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
         if segment.is_empty() {
-            if i == last {
+            // Only the segment after the trailing slash may be empty.
+            if segments.peek().is_none() {
                 continue;
             }
             return Err("has an empty segment");
