@@ -79,7 +79,7 @@ pub struct Server {
     pub timezone: String,
     #[serde(deserialize_with = "lenient::opt_string")]
     pub static_dir: Option<String>,
-    /// Take the client address from `X-Forwarded-For` (see `crate::http::client`).
+    /// Take the client address from `X-Forwarded-For` (see `crate::web::client`).
     #[serde(deserialize_with = "lenient::bool")]
     pub trust_forwarded_for: bool,
     /// Reverse proxies in front of Keystone that append to `X-Forwarded-For`.

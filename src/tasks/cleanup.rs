@@ -1,6 +1,6 @@
 //! Log cleanup (operations.md §2.6): deletes request logs, audit entries and task results
 //! past their retention (`logging.request_retention`, `audit_retention`, `task_retention`;
-//! 0 keeps everything). The rule itself lives in `crate::retention`, shared with
+//! 0 keeps everything). The rule itself lives in `crate::store::retention`, shared with
 //! `keystone logs prune`.
 
 use super::{TaskContext, TaskError};
@@ -8,7 +8,8 @@ use chrono::Utc;
 
 /// Deletes every expired record as of now; a database error fails the run (no retry).
 pub async fn run(ctx: &TaskContext) -> Result<(), TaskError> {
-    let pruned = crate::retention::prune(&ctx.db, &ctx.config.settings.logging, Utc::now()).await?;
+    let pruned =
+        crate::store::retention::prune(&ctx.db, &ctx.config.settings.logging, Utc::now()).await?;
     tracing::info!(
         request_logs = pruned.requests,
         audit_entries = pruned.audit,

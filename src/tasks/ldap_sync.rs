@@ -5,13 +5,12 @@
 //! (§6.4 decision 5) unless `keystone ldap sync --force` asked for it.
 
 use super::{TaskContext, TaskError};
-use crate::config::{self, Config};
-use crate::db::{Db, Tx};
-use crate::ldap::{self, LdapError, LdapUser};
+use crate::config;
+use crate::infra::ldap::{self, LdapError, LdapUser};
 use crate::on_tx;
+use crate::store::{Db, Tx};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 /// The user columns `attr_map` may fill (besides `username`), with their lengths.
@@ -56,13 +55,13 @@ impl Summary {
 
 /// What `keystone ldap sync` passes to the task running in the same tokio task: the
 /// `--force` flag in, the summary out (the task runner itself only reports success).
-struct CliRun {
-    force: bool,
-    summary: Mutex<Option<Summary>>,
+pub struct CliRun {
+    pub force: bool,
+    pub summary: Mutex<Option<Summary>>,
 }
 
 tokio::task_local! {
-    static CLI_RUN: Arc<CliRun>;
+    pub static CLI_RUN: Arc<CliRun>;
 }
 
 /// Runs one sync (§2.5). A no-op returning an empty summary when LDAP is not configured.
@@ -315,7 +314,7 @@ async fn insert_accounts(
                 // Django's unusable password: `!` and random text no hash can match.
                 q = q
                     .bind(username)
-                    .bind(format!("!{}", crate::passwords::generate(40)));
+                    .bind(format!("!{}", crate::identity::passwords::generate(40)));
                 for value in &v.0 {
                     q = q.bind(value);
                 }
@@ -458,68 +457,6 @@ async fn sync(s: &config::Ldap, db: &Db, force: bool) -> Result<Summary, TaskErr
         "LDAP sync finished"
     );
     Ok(summary)
-}
-
-/// `keystone ldap sync [--queue] [--force]` (§4.6): runs the sync here with its task result
-/// recorded, or queues it for a worker.
-pub fn cli_sync(config: &Config, queue: bool, force: bool) -> ExitCode {
-    if queue {
-        return queue_sync(config);
-    }
-    let Ok(rt) = crate::cli::runtime() else {
-        eprintln!("keystone: cannot start the async runtime");
-        return ExitCode::from(1);
-    };
-    rt.block_on(async {
-        let db = match crate::serve::open_database(config).await {
-            Ok(db) => db,
-            Err(e) => {
-                eprintln!("LDAP sync failed: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        let scope = Arc::new(CliRun {
-            force,
-            summary: Mutex::new(None),
-        });
-        let run = CLI_RUN.scope(
-            scope.clone(),
-            super::results::run_inline(Arc::new(config.clone()), db, super::LDAP_SYNC, Vec::new()),
-        );
-        let outcome = tokio::select! {
-            (_, outcome) = run => outcome,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("LDAP sync interrupted; nothing was changed");
-                return ExitCode::from(130);
-            }
-        };
-        match outcome {
-            Err(e) => {
-                eprintln!("LDAP sync failed: {}", e.message);
-                ExitCode::from(1)
-            }
-            Ok(()) if !ldap::enabled(&config.settings.ldap) => {
-                println!("LDAP is not configured (ldap.server_uri is empty): nothing was done.");
-                ExitCode::SUCCESS
-            }
-            Ok(()) => {
-                let summary = scope
-                    .summary
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.clone())
-                    .unwrap_or_default();
-                println!("{}", summary.line(config.settings.ldap.purge_removed));
-                ExitCode::SUCCESS
-            }
-        }
-    })
-}
-
-/// `--queue`: hands the task to the broker and prints its `task_id` (a worker runs it, with
-/// the automatic retries of §2.5).
-fn queue_sync(config: &Config) -> ExitCode {
-    super::cli::queue_from_cli(config, super::LDAP_SYNC, Vec::new(), false)
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! Slurm limit enforcement (operations.md §2.7): one sub-task per enabled cluster sets each
 //! team account's `billing` limit from its approved allocations and Slurm's usage, and writes
 //! the `final` usage of allocations that have expired. The arithmetic is [`plan`]; the
-//! commands are [`crate::slurm`].
+//! commands are [`crate::infra::slurm`].
 
 use super::{TaskContext, TaskError, UPDATE_LIMITS_CLUSTER};
-use crate::db::{Db, DbError};
+use crate::infra::slurm::{Slurm, SlurmError};
 use crate::on_db;
-use crate::slurm::{Slurm, SlurmError};
+use crate::store::{Db, DbError};
 use chrono::{NaiveDate, Utc};
 use sea_query::{Alias, Expr, Query};
 use std::collections::{BTreeSet, HashMap};
@@ -119,7 +119,7 @@ async fn teams_by_slug(
     q.columns(["id", "slug", "is_active"].map(Alias::new))
         .from(Alias::new("users_team"))
         .and_where(Expr::col(Alias::new("slug")).is_in(accounts.iter().cloned()));
-    let rows: Vec<Team> = crate::db::fetch_all(db, &q).await?;
+    let rows: Vec<Team> = crate::store::fetch_all(db, &q).await?;
     Ok(rows.into_iter().map(|t| (t.slug.clone(), t)).collect())
 }
 

@@ -1,16 +1,15 @@
 //! Background tasks (operations.md §2): the catalogue, the context a task runs with, and the
-//! dispatch from a recorded task name to its code. The broker (`crate::broker`), the worker
+//! dispatch from a recorded task name to its code. The broker (`crate::queue`), the worker
 //! and beat roles and `keystone task …` all go through [`execute`].
 
 pub mod cleanup;
-pub mod cli;
 pub mod ldap_sync;
 pub mod limits;
 pub mod notices;
 pub mod results;
 
 use crate::config::Config;
-use crate::db::Db;
+use crate::store::Db;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
@@ -139,8 +138,8 @@ impl std::fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
-impl From<crate::db::DbError> for TaskError {
-    fn from(e: crate::db::DbError) -> Self {
+impl From<crate::store::DbError> for TaskError {
+    fn from(e: crate::store::DbError) -> Self {
         TaskError::new("DatabaseError", "keystone.db", e.to_string())
     }
 }

@@ -4,12 +4,10 @@
 //! mails it, so the row's unique (user, type, metadata) key keeps a notice from going out twice.
 
 use super::{SEND_PAST, SEND_UPCOMING, TaskContext, TaskError};
-use crate::api::notifications::preferences::{
-    DEFAULT_THRESHOLDS, next_expiry_threshold, thresholds_of,
-};
-use crate::db::Db;
-use crate::mail::{self, MailError, Mailer, Templates};
+use crate::domain::notifications::{DEFAULT_THRESHOLDS, next_expiry_threshold, thresholds_of};
+use crate::infra::mail::{self, MailError, Mailer, Templates};
 use crate::on_db;
+use crate::store::Db;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use minijinja::Value;
 use serde_json::json;

@@ -1,48 +1,16 @@
 //! Task-result rows (operations.md §2.4) and running a task with its row recorded. The
-//! worker (`crate::worker`) records queued runs through [`start`] and [`finish`]; inline runs
+//! worker (`crate::roles::worker`) records queued runs through [`start`] and [`finish`]; inline runs
 //! (`keystone task run --inline`, `keystone ldap sync`) through [`run_recorded`].
 
 use super::{Enqueue, TaskContext, TaskError};
 use crate::config::Config;
-use crate::db::Db;
-use crate::on_db;
+use crate::store::Db;
+use crate::store::task_results;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// Terminal and intermediate states of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Started,
-    Retry,
-    Success,
-    Failure,
-}
-
-impl Status {
-    /// The stored text (`SUCCESS`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "PENDING",
-            Status::Started => "STARTED",
-            Status::Retry => "RETRY",
-            Status::Success => "SUCCESS",
-            Status::Failure => "FAILURE",
-        }
-    }
-}
-
-/// What is known about one run when its row is written.
-#[derive(Debug, Clone)]
-pub struct Run<'a> {
-    pub task_id: &'a str,
-    pub task_name: &'a str,
-    pub periodic_task_name: Option<&'a str>,
-    pub args: &'a [Value],
-    /// Worker identity; empty (stored as NULL) while the run is only queued.
-    pub worker: &'a str,
-}
+pub use crate::store::task_results::{Run, Status, is_terminal, status, write_pending};
 
 /// Inserts or updates the run's row (keyed by `task_id`); retries of a run update its row.
 pub async fn write(
@@ -52,7 +20,7 @@ pub async fn write(
     started: Option<DateTime<Utc>>,
     error: Option<&TaskError>,
     children: &[String],
-) -> Result<(), crate::db::DbError> {
+) -> Result<(), crate::store::DbError> {
     write_with_errors(db, run, status, started, error, children, &[]).await
 }
 
@@ -66,96 +34,12 @@ pub async fn write_with_errors(
     error: Option<&TaskError>,
     children: &[String],
     errors: &[String],
-) -> Result<(), crate::db::DbError> {
-    let now = Utc::now();
-    let result = match error {
-        Some(e) => e.result_json().to_string(),
-        None => "null".to_string(),
-    };
-    let traceback = error.map(|e| e.traceback.clone().unwrap_or_else(|| e.to_string()));
-    let meta = if errors.is_empty() {
-        serde_json::json!({ "children": children })
-    } else {
-        serde_json::json!({ "children": children, "errors": errors })
-    }
-    .to_string();
-    let args = Value::Array(run.args.to_vec()).to_string();
-    on_db!(db, |p| {
-        sqlx::query(
-        "INSERT INTO django_celery_results_taskresult \
-         (task_id, periodic_task_name, task_name, task_args, task_kwargs, status, worker, \
-          content_type, content_encoding, result, date_created, date_started, date_done, traceback, meta) \
-         VALUES ($1, $2, $3, $4, '{}', $5, $6, 'application/json', 'utf-8', $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (task_id) DO UPDATE SET status = excluded.status, worker = excluded.worker, \
-         result = excluded.result, date_started = COALESCE(excluded.date_started, django_celery_results_taskresult.date_started), \
-         date_done = excluded.date_done, traceback = excluded.traceback, meta = excluded.meta"
-    )
-    .bind(run.task_id)
-    .bind(run.periodic_task_name)
-    .bind(run.task_name)
-    .bind(&args)
-    .bind(status.as_str())
-    .bind((!run.worker.is_empty()).then_some(run.worker))
-    .bind(&result)
-    .bind(now)
-    .bind(started)
-    .bind(now)
-    .bind(traceback)
-    .bind(&meta)
-    .execute(p)
-    .await
-    .map(|_| ())
-    })?;
-    Ok(())
-}
-
-/// Inserts the `PENDING` row of a queued run, unless a worker already wrote the run's row
-/// (the producer writes it after queuing, so a fast worker may be first).
-pub async fn write_pending(db: &Db, run: &Run<'_>) -> Result<(), crate::db::DbError> {
-    let now = Utc::now();
-    let args = Value::Array(run.args.to_vec()).to_string();
-    on_db!(db, |p| {
-        sqlx::query(
-            "INSERT INTO django_celery_results_taskresult \
-             (task_id, periodic_task_name, task_name, task_args, task_kwargs, status, worker, \
-              content_type, content_encoding, result, date_created, date_started, date_done, traceback, meta) \
-             VALUES ($1, $2, $3, $4, '{}', 'PENDING', NULL, 'application/json', 'utf-8', 'null', $5, NULL, $6, NULL, $7) \
-             ON CONFLICT (task_id) DO NOTHING",
-        )
-        .bind(run.task_id)
-        .bind(run.periodic_task_name)
-        .bind(run.task_name)
-        .bind(&args)
-        .bind(now)
-        .bind(now)
-        .bind(r#"{"children": []}"#)
-        .execute(p)
-        .await
-        .map(|_| ())
-    })?;
-    Ok(())
-}
-
-/// The stored status of a run (`PENDING`, `STARTED`, `RETRY`, `SUCCESS`, `FAILURE`) and its
-/// `result` JSON text, if the run has a row.
-pub async fn status(
-    db: &Db,
-    task_id: &str,
-) -> Result<Option<(String, Option<String>)>, crate::db::DbError> {
-    let row: Option<(String, Option<String>)> = on_db!(db, |p| {
-        sqlx::query_as(
-            "SELECT status, result FROM django_celery_results_taskresult WHERE task_id = $1",
-        )
-        .bind(task_id)
-        .fetch_optional(p)
-        .await
-    })?;
-    Ok(row)
-}
-
-/// Whether a stored status is final (the run will not change any more).
-pub fn is_terminal(status: &str) -> bool {
-    matches!(status, "SUCCESS" | "FAILURE" | "REVOKED")
+) -> Result<(), crate::store::DbError> {
+    let failure = error.map(|e| task_results::Failure {
+        result: e.result_json().to_string(),
+        traceback: e.traceback.clone().unwrap_or_else(|| e.to_string()),
+    });
+    task_results::write(db, run, status, started, failure, children, errors).await
 }
 
 /// One attempt of a queued run: its `STARTED` row written, its code run.
@@ -188,7 +72,7 @@ pub async fn finish(
     run: &Run<'_>,
     attempt: &Attempt,
     status: Status,
-) -> Result<(), crate::db::DbError> {
+) -> Result<(), crate::store::DbError> {
     write_with_errors(
         &ctx.db,
         run,
@@ -199,7 +83,7 @@ pub async fn finish(
         &ctx.errors(),
     )
     .await?;
-    crate::metrics::task_finished(run.task_name, status.as_str(), attempt.elapsed);
+    crate::infra::metrics::task_finished(run.task_name, status.as_str(), attempt.elapsed);
     Ok(())
 }
 
@@ -275,7 +159,7 @@ pub async fn run_inline(
             )),
         );
     };
-    let worker = crate::worker::identity();
+    let worker = crate::daemon::node_id();
     let id = uuid::Uuid::new_v4().to_string();
     let queue = InlineQueue::new(config.clone(), db.clone(), worker.clone());
     let ctx = TaskContext::new(config, db, id.clone(), queue);

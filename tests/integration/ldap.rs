@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use keystone::config;
-use keystone::ldap::{self, LdapError, LdapUser};
+use keystone::infra::ldap::{self, LdapError, LdapUser};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,128 @@
+//! Request bodies: JSON, form-urlencoded or multipart, all read into one JSON object so that
+//! validation is written once (domain.md §1.2).
+
+use crate::web::ApiError;
+use salvo::prelude::*;
+use serde_json::{Map, Value};
+
+/// A parsed body. Form encodings repeat a key for list fields; such keys become arrays.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    pub fields: Map<String, Value>,
+    /// Uploaded files of a multipart body: (field, client file name, temp path, size).
+    pub files: Vec<(String, Option<String>, std::path::PathBuf, u64)>,
+    /// Set when a JSON body was valid but not an object (DRF's "Expected a dictionary").
+    pub not_object: Option<&'static str>,
+    /// Whether the body came as a form (values are strings).
+    pub form: bool,
+}
+
+impl Body {
+    pub fn has(&self, key: &str) -> bool {
+        self.fields.contains_key(key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+
+    /// The error create/update endpoints give for a non-object JSON body.
+    pub fn require_object(&self) -> Result<(), ApiError> {
+        match self.not_object {
+            Some(kind) => Err(ApiError::field(
+                "non_field_errors",
+                format!("Invalid data. Expected a dictionary, but got {kind}."),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+fn media_type(req: &Request) -> Option<String> {
+    req.headers()
+        .get(salvo::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_string())
+}
+
+/// Reads the body. A missing or empty body is an empty object on every endpoint.
+pub async fn read(req: &mut Request) -> Result<Body, ApiError> {
+    let content_type = media_type(req);
+    let essence = content_type.as_deref().map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match essence.as_deref() {
+        Some("multipart/form-data") | Some("application/x-www-form-urlencoded") => {
+            read_form(req).await
+        }
+        _ => {
+            let bytes = req.payload().await.map_err(payload_error)?.clone();
+            if bytes.is_empty() {
+                return Ok(Body::default());
+            }
+            match essence.as_deref() {
+                Some("application/json") | Some("application/vnd.api+json") => {}
+                Some(_) | None => {
+                    let shown = content_type.unwrap_or_default();
+                    return Err(ApiError::UnsupportedMediaType(shown));
+                }
+            }
+            let value: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::BadRequest(format!("JSON parse error - {e}")))?;
+            match value {
+                Value::Object(fields) => Ok(Body {
+                    fields,
+                    ..Default::default()
+                }),
+                other => Ok(Body {
+                    not_object: Some(super::fields::type_name(&other)),
+                    ..Default::default()
+                }),
+            }
+        }
+    }
+}
+
+fn payload_error(e: salvo::http::ParseError) -> ApiError {
+    let text = e.to_string();
+    if text.to_ascii_lowercase().contains("too large") || text.contains("exceed") {
+        ApiError::PayloadTooLarge(salvo::http::request::global_secure_max_size() as u64)
+    } else {
+        ApiError::BadRequest(format!("Malformed request body: {text}"))
+    }
+}
+
+async fn read_form(req: &mut Request) -> Result<Body, ApiError> {
+    let form = req.form_data().await.map_err(payload_error)?;
+    let mut fields = Map::new();
+    for (key, values) in form.fields.iter_all() {
+        let vals: Vec<Value> = values.iter().map(|v| Value::String(v.clone())).collect();
+        let value = if vals.len() == 1 {
+            vals.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::Array(vals)
+        };
+        fields.insert(key.clone(), value);
+    }
+    let mut files = Vec::new();
+    for (key, list) in form.files.iter_all() {
+        for f in list {
+            files.push((
+                key.clone(),
+                f.name().map(str::to_string),
+                f.path().to_path_buf(),
+                f.size(),
+            ));
+        }
+    }
+    Ok(Body {
+        fields,
+        files,
+        not_object: None,
+        form: true,
+    })
+}

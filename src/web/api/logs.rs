@@ -1,0 +1,731 @@
+//! `/logs/` (operations.md §3.1–§3.6): request logs, the audit trail, task results and the
+//! merged feed, read-only and staff-only, with the shared list conventions.
+
+use super::list::{self as listing, Column, Kind, ListSpec, search, search_via};
+use super::summaries::{render_datetime, render_opt_datetime, users_by_id};
+use super::{Caller, context, path_id};
+use crate::store::Db;
+use crate::web::ApiError;
+use chrono::{DateTime, Utc};
+use salvo::http::StatusCode;
+use salvo::oapi::ToSchema;
+use salvo::prelude::*;
+use sea_query::{Alias, Expr, ExprTrait, Query};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// Staff only for reading; writes are 405 by routing (after authentication).
+fn require_staff(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_staff() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden())
+    }
+}
+
+const USER_HOPS: &[(&str, &str)] = &[("user_id", "users_user")];
+const ACTOR_HOPS: &[(&str, &str)] = &[("actor_id", "users_user")];
+
+const REQUEST_COLUMNS: &[Column] = &[
+    Column::new("id", Kind::Int),
+    Column::new("method", Kind::Text),
+    Column::new("endpoint", Kind::Text),
+    Column::new("response_code", Kind::Int),
+    Column::new("remote_address", Kind::Text),
+    Column::new("timestamp", Kind::DateTime),
+    Column::new("cid", Kind::Text),
+    Column::new("user", Kind::Fk("users_user")),
+];
+
+const REQUESTS: ListSpec = ListSpec {
+    table: "logging_requestlog",
+    filters: REQUEST_COLUMNS,
+    order: REQUEST_COLUMNS,
+    search: &[
+        search("endpoint"),
+        search("method"),
+        search("response_code"),
+        search("remote_address"),
+        search("cid"),
+        search_via(USER_HOPS, "username"),
+        search_via(USER_HOPS, "first_name"),
+        search_via(USER_HOPS, "last_name"),
+    ],
+};
+
+const AUDIT_COLUMNS: &[Column] = &[
+    Column::new("id", Kind::Int),
+    Column::new("content_type", Kind::Text),
+    Column::new("object_pk", Kind::Text),
+    Column::new("object_id", Kind::Int),
+    Column::new("object_repr", Kind::Text),
+    Column::new("action", Kind::Int),
+    Column::new("changes_text", Kind::Text),
+    Column::new("actor", Kind::Fk("users_user")),
+    Column::new("cid", Kind::Text),
+    Column::new("remote_addr", Kind::Text),
+    Column::new("remote_port", Kind::Int),
+    Column::new("timestamp", Kind::DateTime),
+    Column::new("actor_email", Kind::Text),
+];
+
+const AUDIT: ListSpec = ListSpec {
+    table: "auditlog_logentry",
+    filters: AUDIT_COLUMNS,
+    order: AUDIT_COLUMNS,
+    search: &[
+        search("content_type"),
+        search("object_repr"),
+        search("cid"),
+        search_via(ACTOR_HOPS, "username"),
+        search_via(ACTOR_HOPS, "first_name"),
+        search_via(ACTOR_HOPS, "last_name"),
+    ],
+};
+
+const TASK_COLUMNS: &[Column] = &[
+    Column::new("id", Kind::Int),
+    Column::new("task_id", Kind::Text),
+    Column::new("periodic_task_name", Kind::Text),
+    Column::new("task_name", Kind::Text),
+    Column::new("task_args", Kind::Text),
+    Column::new("task_kwargs", Kind::Text),
+    Column::new("status", Kind::Text),
+    Column::new("worker", Kind::Text),
+    Column::new("content_type", Kind::Text),
+    Column::new("content_encoding", Kind::Text),
+    Column::new("result", Kind::Text),
+    Column::new("date_created", Kind::DateTime),
+    Column::new("date_started", Kind::DateTime),
+    Column::new("date_done", Kind::DateTime),
+    Column::new("traceback", Kind::Text),
+    Column::new("meta", Kind::Text),
+];
+
+const TASKS: ListSpec = ListSpec {
+    table: "django_celery_results_taskresult",
+    filters: TASK_COLUMNS,
+    order: TASK_COLUMNS,
+    search: &[
+        search("periodic_task_name"),
+        search("task_name"),
+        search("status"),
+        search("worker"),
+        search("result"),
+        search("traceback"),
+    ],
+};
+
+const FEED_COLUMNS: &[Column] = &[
+    Column::new("id", Kind::Text),
+    Column::new("record_id", Kind::Int),
+    Column::new("record_type", Kind::Text),
+    Column::new("timestamp", Kind::DateTime),
+    Column::new("summary", Kind::Text),
+    Column::new("user", Kind::Fk("users_user")),
+    Column::new("cid", Kind::Text),
+    Column::new("status", Kind::Text),
+];
+
+const FEED: ListSpec = ListSpec {
+    table: "logging_feedentry",
+    filters: FEED_COLUMNS,
+    order: FEED_COLUMNS,
+    search: &[
+        search("status"),
+        search("summary"),
+        search("cid"),
+        search_via(USER_HOPS, "username"),
+        search_via(USER_HOPS, "first_name"),
+        search_via(USER_HOPS, "last_name"),
+    ],
+};
+
+#[derive(Debug, sqlx::FromRow)]
+struct RequestRow {
+    id: i64,
+    method: String,
+    endpoint: String,
+    response_code: i32,
+    remote_address: Option<String>,
+    timestamp: DateTime<Utc>,
+    cid: Option<String>,
+    user_id: Option<i64>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    content_type: String,
+    object_id: Option<i64>,
+    action: i32,
+    changes: Option<String>,
+    cid: Option<String>,
+    remote_addr: Option<String>,
+    remote_port: Option<i32>,
+    timestamp: DateTime<Utc>,
+    actor_id: Option<i64>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct TaskRow {
+    id: i64,
+    task_id: String,
+    periodic_task_name: Option<String>,
+    task_name: Option<String>,
+    task_args: Option<String>,
+    task_kwargs: Option<String>,
+    status: String,
+    worker: Option<String>,
+    content_type: String,
+    content_encoding: String,
+    result: Option<String>,
+    date_created: DateTime<Utc>,
+    date_started: Option<DateTime<Utc>>,
+    date_done: DateTime<Utc>,
+    traceback: Option<String>,
+    meta: Option<String>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct FeedRow {
+    id: String,
+    record_id: i64,
+    record_type: String,
+    timestamp: DateTime<Utc>,
+    summary: Option<String>,
+    user_id: Option<i64>,
+    cid: Option<String>,
+    status: Option<String>,
+}
+
+const REQUEST_FIELDS: &[&str] = &[
+    "id",
+    "method",
+    "endpoint",
+    "response_code",
+    "remote_address",
+    "timestamp",
+    "cid",
+    "user_id",
+];
+const AUDIT_FIELDS: &[&str] = &[
+    "id",
+    "content_type",
+    "object_id",
+    "action",
+    "changes",
+    "cid",
+    "remote_addr",
+    "remote_port",
+    "timestamp",
+    "actor_id",
+];
+const TASK_FIELDS: &[&str] = &[
+    "id",
+    "task_id",
+    "periodic_task_name",
+    "task_name",
+    "task_args",
+    "task_kwargs",
+    "status",
+    "worker",
+    "content_type",
+    "content_encoding",
+    "result",
+    "date_created",
+    "date_started",
+    "date_done",
+    "traceback",
+    "meta",
+];
+const FEED_FIELDS: &[&str] = &[
+    "id",
+    "record_id",
+    "record_type",
+    "timestamp",
+    "summary",
+    "user_id",
+    "cid",
+    "status",
+];
+
+async fn represent_requests(db: &Db, rows: &[RequestRow]) -> Result<Vec<Value>, ApiError> {
+    let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
+    let users = users_by_id(db, &ids).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
+                "method": r.method,
+                "endpoint": r.endpoint,
+                "response_code": r.response_code,
+                "remote_address": r.remote_address,
+                "timestamp": render_datetime(&r.timestamp),
+                "cid": r.cid,
+                "user": r.user_id,
+            })
+        })
+        .collect())
+}
+
+async fn represent_audit(db: &Db, rows: &[AuditRow]) -> Result<Vec<Value>, ApiError> {
+    let ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
+    let users = users_by_id(db, &ids).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let changes: Value = r
+                .changes
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok())
+                .unwrap_or(Value::Null);
+            json!({
+                "id": r.id,
+                "record_name": r.content_type,
+                "record_id": r.object_id,
+                "action": crate::store::audit::action_label(r.action),
+                "changes": changes,
+                "cid": r.cid,
+                "remote_addr": r.remote_addr,
+                "remote_port": r.remote_port,
+                "timestamp": render_datetime(&r.timestamp),
+                "actor": r.actor_id,
+                "_actor": r.actor_id.and_then(|u| users.get(&u).cloned()),
+            })
+        })
+        .collect())
+}
+
+fn represent_tasks(rows: &[TaskRow]) -> Vec<Value> {
+    rows.iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "task_id": r.task_id,
+                "periodic_task_name": r.periodic_task_name,
+                "task_name": r.task_name,
+                "task_args": r.task_args,
+                "task_kwargs": r.task_kwargs,
+                "status": r.status,
+                "worker": r.worker,
+                "content_type": r.content_type,
+                "content_encoding": r.content_encoding,
+                "result": r.result,
+                "date_created": render_datetime(&r.date_created),
+                "date_started": render_opt_datetime(&r.date_started),
+                "date_done": render_datetime(&r.date_done),
+                "traceback": r.traceback,
+                "meta": r.meta,
+            })
+        })
+        .collect()
+}
+
+async fn represent_feed(db: &Db, rows: &[FeedRow]) -> Result<Vec<Value>, ApiError> {
+    let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
+    let users = users_by_id(db, &ids).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
+                "record_id": r.record_id,
+                "record_type": r.record_type,
+                "timestamp": render_datetime(&r.timestamp),
+                "summary": r.summary,
+                "cid": r.cid,
+                "status": r.status,
+                "user": r.user_id,
+            })
+        })
+        .collect())
+}
+
+/// One staff-only list: parse, page in the default order, represent.
+macro_rules! staff_list {
+    ($req:expr, $depot:expr, $spec:expr, $row:ty, $fields:expr, $order:expr, |$db:ident, $rows:ident| $represent:expr) => {
+        async {
+            let (app, caller) = context($depot)?;
+            require_staff(&caller)?;
+            let (rows, page) = listing::page_ordered::<$row>(
+                $req,
+                &app.db,
+                app.config.timezone(),
+                &$spec,
+                $fields,
+                &|_| {},
+                $order,
+            )
+            .await?;
+            let $db = &app.db;
+            let $rows = &rows;
+            let results: Vec<Value> = $represent;
+            Ok::<Value, ApiError>(page.envelope(results))
+        }
+    };
+}
+
+/// One staff-only record by id.
+async fn staff_item<R>(
+    req: &Request,
+    depot: &Depot,
+    table: &str,
+    fields: &[&str],
+    model: &str,
+) -> Result<(std::sync::Arc<crate::web::AppState>, Vec<R>), ApiError>
+where
+    R: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    let (app, caller) = context(depot)?;
+    require_staff(&caller)?;
+    let id = path_id(req)?;
+    let mut q = Query::select();
+    q.columns(fields.iter().map(|f| Alias::new(*f)))
+        .from(Alias::new(table))
+        .and_where(Expr::col(Alias::new("id")).eq(id));
+    let rows: Vec<R> = crate::store::fetch_all(&app.db, &q).await?;
+    if rows.is_empty() {
+        return Err(ApiError::no_match(model));
+    }
+    Ok((app, rows))
+}
+
+fn first(v: Vec<Value>) -> Value {
+    v.into_iter().next().unwrap_or(Value::Null)
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "RequestLog"))]
+pub struct RequestLogDoc {
+    pub id: i64,
+    pub _user: Option<super::users::UserSummaryDoc>,
+    pub method: String,
+    pub endpoint: String,
+    pub response_code: i32,
+    pub remote_address: Option<String>,
+    pub timestamp: String,
+    pub cid: Option<String>,
+    pub user: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "PaginatedRequestLogList"))]
+pub struct RequestLogPage {
+    pub count: i64,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    pub results: Vec<RequestLogDoc>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "AuditLog"))]
+pub struct AuditLogDoc {
+    pub id: i64,
+    pub record_name: String,
+    pub record_id: Option<i64>,
+    pub action: String,
+    pub changes: Option<serde_json::Map<String, Value>>,
+    pub cid: Option<String>,
+    pub remote_addr: Option<String>,
+    pub remote_port: Option<i32>,
+    pub timestamp: String,
+    pub actor: Option<i64>,
+    pub _actor: Option<super::users::UserSummaryDoc>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "PaginatedAuditLogList"))]
+pub struct AuditLogPage {
+    pub count: i64,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    pub results: Vec<AuditLogDoc>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "TaskResult"))]
+pub struct TaskResultDoc {
+    pub id: i64,
+    pub task_id: String,
+    pub periodic_task_name: Option<String>,
+    pub task_name: Option<String>,
+    pub task_args: Option<String>,
+    pub task_kwargs: Option<String>,
+    pub status: String,
+    pub worker: Option<String>,
+    pub content_type: String,
+    pub content_encoding: String,
+    pub result: Option<String>,
+    pub date_created: String,
+    pub date_started: Option<String>,
+    pub date_done: String,
+    pub traceback: Option<String>,
+    pub meta: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "PaginatedTaskResultList"))]
+pub struct TaskResultPage {
+    pub count: i64,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    pub results: Vec<TaskResultDoc>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "FeedEntry"))]
+pub struct FeedEntryDoc {
+    pub id: String,
+    pub _user: Option<super::users::UserSummaryDoc>,
+    pub record_id: i64,
+    pub record_type: String,
+    pub timestamp: String,
+    pub summary: Option<String>,
+    pub cid: Option<String>,
+    pub status: Option<String>,
+    pub user: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "PaginatedFeedEntryList"))]
+pub struct FeedEntryPage {
+    pub count: i64,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    pub results: Vec<FeedEntryDoc>,
+}
+
+/// The log index: links to the three log collections.
+#[handler]
+pub async fn index(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = context(depot).map(|(_, _caller)| {
+        let base = super::base_url(req);
+        json!({
+            "audit": format!("{base}/logs/audit/"),
+            "requests": format!("{base}/logs/requests/"),
+            "tasks": format!("{base}/logs/tasks/"),
+        })
+    });
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// OPTIONS on the staff-only log views: 403 for everyone else.
+#[handler]
+pub async fn staff_options(depot: &mut Depot, res: &mut Response) {
+    let result = context(depot).and_then(|(_, caller)| {
+        require_staff(&caller)?;
+        Ok(json!({
+            "name": "Log",
+            "description": "",
+            "renders": ["application/json"],
+            "parses": ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"],
+        }))
+    });
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// List request logs.
+///
+/// Returns a list of HTTP request records. Staff only.
+#[endpoint(
+    operation_id = "logs_requests_list",
+    tags("Admin - Logging"),
+    responses((status_code = 200, description = "", body = RequestLogPage))
+)]
+pub async fn requests(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = staff_list!(
+        req,
+        depot,
+        REQUESTS,
+        RequestRow,
+        REQUEST_FIELDS,
+        &[],
+        |db, rows| { represent_requests(db, rows).await? }
+    )
+    .await;
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// Retrieve a request log.
+///
+/// Returns one HTTP request record. Staff only.
+#[endpoint(
+    operation_id = "logs_requests_retrieve",
+    tags("Admin - Logging"),
+    parameters(("id" = i64, Path, description = "A unique integer value identifying this request log.")),
+    responses((status_code = 200, description = "", body = RequestLogDoc))
+)]
+pub async fn request(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = async {
+        let (app, rows) =
+            staff_item::<RequestRow>(req, depot, REQUESTS.table, REQUEST_FIELDS, "RequestLog")
+                .await?;
+        Ok(first(represent_requests(&app.db, &rows).await?))
+    }
+    .await;
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// List audit log entries.
+///
+/// Returns the record change history, newest first. Staff only.
+#[endpoint(
+    operation_id = "logs_audit_list",
+    tags("Admin - Logging"),
+    responses((status_code = 200, description = "", body = AuditLogPage))
+)]
+pub async fn audit_entries(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = staff_list!(
+        req,
+        depot,
+        AUDIT,
+        AuditRow,
+        AUDIT_FIELDS,
+        &[("timestamp", true)],
+        |db, rows| { represent_audit(db, rows).await? }
+    )
+    .await;
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// Retrieve an audit log entry.
+///
+/// Returns one record change. Staff only.
+#[endpoint(
+    operation_id = "logs_audit_retrieve",
+    tags("Admin - Logging"),
+    parameters(("id" = i64, Path, description = "A unique integer value identifying this log entry.")),
+    responses((status_code = 200, description = "", body = AuditLogDoc))
+)]
+pub async fn audit_entry(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = async {
+        let (app, rows) =
+            staff_item::<AuditRow>(req, depot, AUDIT.table, AUDIT_FIELDS, "LogEntry").await?;
+        Ok(first(represent_audit(&app.db, &rows).await?))
+    }
+    .await;
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// List task results.
+///
+/// Returns background task runs, most recently finished first. Staff only.
+#[endpoint(
+    operation_id = "logs_tasks_list",
+    tags("Admin - Logging"),
+    responses((status_code = 200, description = "", body = TaskResultPage))
+)]
+pub async fn tasks(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = staff_list!(
+        req,
+        depot,
+        TASKS,
+        TaskRow,
+        TASK_FIELDS,
+        &[("date_done", true)],
+        |_db, rows| { represent_tasks(rows) }
+    )
+    .await;
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// Retrieve a task result.
+///
+/// Returns one background task run. Staff only.
+#[endpoint(
+    operation_id = "logs_tasks_retrieve",
+    tags("Admin - Logging"),
+    parameters(("id" = i64, Path, description = "A unique integer value identifying this task result.")),
+    responses((status_code = 200, description = "", body = TaskResultDoc))
+)]
+pub async fn task(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = async {
+        let (_app, rows) =
+            staff_item::<TaskRow>(req, depot, TASKS.table, TASK_FIELDS, "TaskResult").await?;
+        Ok(first(represent_tasks(&rows)))
+    }
+    .await;
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// List the activity feed.
+///
+/// Returns requests, task runs and record changes merged, newest first. Staff only.
+#[endpoint(
+    operation_id = "logs_feed_list",
+    tags("Logging - Feed"),
+    responses((status_code = 200, description = "", body = FeedEntryPage))
+)]
+pub async fn feed(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let result = staff_list!(
+        req,
+        depot,
+        FEED,
+        FeedRow,
+        FEED_FIELDS,
+        &[("timestamp", true)],
+        |db, rows| { represent_feed(db, rows).await? }
+    )
+    .await;
+    super::respond(res, StatusCode::OK, result);
+}
+
+/// The routes of the log views.
+pub fn routes() -> crate::web::route::Routes {
+    crate::web::route::Routes::new()
+        .push(
+            crate::web::route::Endpoint::protected("logs/")
+                .get(index)
+                .head(index)
+                .options(super::meta("Log Index", "")),
+        )
+        .push(
+            crate::web::route::Endpoint::protected("logs/requests/")
+                .get(requests)
+                .head(requests)
+                .options(staff_options),
+        )
+        .push(
+            crate::web::route::Endpoint::protected("logs/requests/{id}/")
+                .get(request)
+                .head(request)
+                .options(staff_options),
+        )
+        .push(
+            crate::web::route::Endpoint::protected("logs/audit/")
+                .get(audit_entries)
+                .head(audit_entries)
+                .options(staff_options),
+        )
+        .push(
+            crate::web::route::Endpoint::protected("logs/audit/{id}/")
+                .get(audit_entry)
+                .head(audit_entry)
+                .options(staff_options),
+        )
+        .push(
+            crate::web::route::Endpoint::protected("logs/tasks/")
+                .get(tasks)
+                .head(tasks)
+                .options(staff_options),
+        )
+        .push(
+            crate::web::route::Endpoint::protected("logs/tasks/{id}/")
+                .get(task)
+                .head(task)
+                .options(staff_options),
+        )
+        .push(
+            crate::web::route::Endpoint::protected("logs/feed/")
+                .get(feed)
+                .head(feed)
+                .options(staff_options),
+        )
+}

@@ -1,0 +1,249 @@
+//! Nested `_x` summaries (domain.md §4) fetched in bulk for a whole page, and the value
+//! formats of response bodies (§1.5).
+
+use crate::store::users::User;
+use crate::store::{Db, DbError};
+use chrono::{DateTime, SecondsFormat, Utc};
+use sea_query::{Alias, Expr, ExprTrait, Query};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+static TIMEZONE: OnceLock<chrono_tz::Tz> = OnceLock::new();
+
+/// Sets the zone datetimes are rendered in (`server.timezone`); first call wins.
+pub fn set_timezone(tz: chrono_tz::Tz) {
+    let _ = TIMEZONE.set(tz);
+}
+
+/// ISO 8601; microseconds only when non-zero (then exactly six digits); `Z` for UTC, else the
+/// configured zone's offset.
+pub fn render_datetime(dt: &DateTime<Utc>) -> String {
+    let tz = TIMEZONE.get().copied().unwrap_or(chrono_tz::UTC);
+    let secs = if dt.timestamp_subsec_micros() == 0 {
+        SecondsFormat::Secs
+    } else {
+        SecondsFormat::Micros
+    };
+    if tz == chrono_tz::UTC {
+        dt.to_rfc3339_opts(secs, true)
+    } else {
+        dt.with_timezone(&tz).to_rfc3339_opts(secs, false)
+    }
+}
+
+pub fn render_opt_datetime(dt: &Option<DateTime<Utc>>) -> Value {
+    dt.as_ref()
+        .map(|d| Value::String(render_datetime(d)))
+        .unwrap_or(Value::Null)
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+/// "first last" when both are set, else the first name, else the username.
+pub fn display_name(u: &User) -> String {
+    match (non_empty(&u.first_name), non_empty(&u.last_name)) {
+        (Some(f), Some(l)) => format!("{f} {l}"),
+        (Some(f), None) => f.to_string(),
+        _ => u.username.clone(),
+    }
+}
+
+/// Initials of first and last name, else the first initial, else two username characters.
+pub fn abbreviation(u: &User) -> String {
+    let first = |s: &str| s.chars().next().map(|c| c.to_string()).unwrap_or_default();
+    let abbr = match (non_empty(&u.first_name), non_empty(&u.last_name)) {
+        (Some(f), Some(l)) => format!("{}{}", first(f), first(l)),
+        (Some(f), None) => first(f),
+        _ => u.username.chars().take(2).collect(),
+    };
+    abbr.to_uppercase()
+}
+
+pub fn user_summary(u: &User) -> Value {
+    json!({
+        "id": u.id,
+        "username": u.username,
+        "first_name": u.first_name,
+        "last_name": u.last_name,
+        "display_name": display_name(u),
+        "abbreviation": abbreviation(u),
+        "email": u.email,
+        "department": u.department,
+        "role": u.role,
+    })
+}
+
+fn user_columns() -> Vec<Alias> {
+    crate::store::users::USER_COLUMNS
+        .split(", ")
+        .map(Alias::new)
+        .collect()
+}
+
+/// Users by id (one query).
+pub async fn load_users(db: &Db, ids: &[i64]) -> Result<Vec<User>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut q = Query::select();
+    q.columns(user_columns())
+        .from(Alias::new("users_user"))
+        .and_where(Expr::col(Alias::new("id")).is_in(ids));
+    crate::store::fetch_all(db, &q).await
+}
+
+/// UserSummary objects by id (one query).
+pub async fn users_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>, DbError> {
+    Ok(load_users(db, ids)
+        .await?
+        .iter()
+        .map(|u| (u.id, user_summary(u)))
+        .collect())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TeamRow {
+    pub id: i64,
+    pub name: String,
+    pub slug: String,
+    pub is_active: bool,
+}
+
+pub fn team_summary(t: &TeamRow) -> Value {
+    json!({"id": t.id, "slug": t.slug, "name": t.name, "is_active": t.is_active})
+}
+
+/// TeamSummary objects by id (one query).
+pub async fn teams_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>, DbError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut q = Query::select();
+    q.columns(["id", "name", "slug", "is_active"].map(Alias::new))
+        .from(Alias::new("users_team"))
+        .and_where(Expr::col(Alias::new("id")).is_in(ids.to_vec()));
+    let rows: Vec<TeamRow> = crate::store::fetch_all(db, &q).await?;
+    Ok(rows.iter().map(|t| (t.id, team_summary(t))).collect())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MembershipRow {
+    pub id: i64,
+    pub role: String,
+    pub user_id: i64,
+    pub team_id: i64,
+}
+
+/// Memberships where `column` (`user_id` or `team_id`) is one of `ids` (one query).
+pub async fn memberships_where(
+    db: &Db,
+    column: &str,
+    ids: &[i64],
+) -> Result<Vec<MembershipRow>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = Query::select();
+    q.columns(["id", "role", "user_id", "team_id"].map(Alias::new))
+        .from(Alias::new("users_membership"))
+        .and_where(Expr::col(Alias::new(column)).is_in(ids.to_vec()))
+        .order_by(Alias::new("id"), sea_query::Order::Asc);
+    crate::store::fetch_all(db, &q).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(first: Option<&str>, last: Option<&str>, username: &str) -> User {
+        User {
+            id: 1,
+            username: username.into(),
+            password: String::new(),
+            first_name: first.map(str::to_string),
+            last_name: last.map(str::to_string),
+            email: None,
+            department: None,
+            role: None,
+            is_active: true,
+            is_staff: false,
+            is_superuser: false,
+            is_ldap_user: false,
+            date_joined: Utc::now(),
+            last_login: None,
+        }
+    }
+
+    #[test]
+    fn display_name_and_abbreviation_follow_the_spec_examples() {
+        let u = user(Some("Ann"), Some("Lee"), "ann");
+        assert_eq!(
+            (display_name(&u), abbreviation(&u)),
+            ("Ann Lee".into(), "AL".into())
+        );
+        let u = user(Some(""), Some("Smith"), "q");
+        assert_eq!(
+            (display_name(&u), abbreviation(&u)),
+            ("q".into(), "Q".into())
+        );
+        let u = user(None, None, "zed");
+        assert_eq!(
+            (display_name(&u), abbreviation(&u)),
+            ("zed".into(), "ZE".into())
+        );
+    }
+
+    #[test]
+    fn datetimes_render_with_z_and_micros_only_when_non_zero() {
+        let dt = DateTime::parse_from_rfc3339("2026-11-26T07:31:35.524305Z")
+            .expect("dt")
+            .with_timezone(&Utc);
+        assert_eq!(render_datetime(&dt), "2026-11-26T07:31:35.524305Z");
+        let dt = DateTime::parse_from_rfc3339("2026-11-26T07:31:35Z")
+            .expect("dt")
+            .with_timezone(&Utc);
+        assert_eq!(render_datetime(&dt), "2026-11-26T07:31:35Z");
+    }
+}
+
+/// `_history` for a page: entries of `content_type` for `ids`, newest first, with `_actor`
+/// summaries, in two queries whatever the page size.
+pub async fn history(
+    db: &Db,
+    content_type: &str,
+    ids: &[i64],
+) -> Result<HashMap<i64, Vec<Value>>, DbError> {
+    let mut out: HashMap<i64, Vec<Value>> = HashMap::new();
+    let rows = crate::store::audit::entries(db, content_type, ids).await?;
+    let actor_ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
+    let actors = users_by_id(db, &actor_ids).await?;
+    for r in rows {
+        let Some(object_id) = r.object_id else {
+            continue;
+        };
+        let changes: Value = r
+            .changes
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or(Value::Null);
+        let actor = r
+            .actor_id
+            .and_then(|a| actors.get(&a).cloned())
+            .unwrap_or(Value::Null);
+        out.entry(object_id).or_default().push(json!({
+            "id": r.id,
+            "timestamp": render_datetime(&r.timestamp),
+            "action": crate::store::audit::action_label(r.action),
+            "actor": r.actor_id,
+            "_actor": actor,
+            "changes": changes,
+        }));
+    }
+    Ok(out)
+}

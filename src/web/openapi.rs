@@ -1,0 +1,605 @@
+//! The OpenAPI document (spec/operations.md §3.11): generated from the router's endpoint
+//! annotations, adjusted to OpenAPI 3.0.3 as upstream publishes it, and serialised once as
+//! JSON and as YAML in the reference document's layout.
+
+mod request_bodies;
+
+use super::route::{Access, RouteInfo};
+use salvo::Router;
+use salvo::oapi::OpenApi;
+use serde_json::{Map, Value, json};
+
+pub const TITLE: &str = "Keystone API";
+pub const DESCRIPTION: &str = "The backend REST API for the Keystone HPC utility.";
+
+/// The serialised documents served by `/openapi/json/` and `/openapi/yaml/`.
+#[derive(Debug, Clone)]
+pub struct Documents {
+    pub json: String,
+    pub yaml: String,
+}
+
+/// Builds the document for a router.
+pub fn document(router: &Router) -> Value {
+    let doc = OpenApi::new(TITLE, super::base::VERSION).merge_router(router);
+    let raw = serde_json::to_value(&doc).unwrap_or(Value::Null);
+    let mut out = Map::new();
+    out.insert("openapi".into(), Value::from("3.0.3"));
+    out.insert(
+        "info".into(),
+        serde_json::json!({
+            "title": TITLE,
+            "version": super::base::VERSION,
+            "description": DESCRIPTION,
+        }),
+    );
+    let mut paths = Map::new();
+    if let Some(Value::Object(raw_paths)) = raw.get("paths") {
+        let mut keys: Vec<&String> = raw_paths.keys().collect();
+        keys.sort();
+        for key in keys {
+            let mut item = raw_paths[key].clone();
+            if let Value::Object(ops) = &mut item {
+                ops.retain(|method, _| {
+                    matches!(method.as_str(), "get" | "post" | "put" | "patch" | "delete")
+                });
+                // Doc comments wrap lines; the document keeps each description on one line.
+                for op in ops.values_mut() {
+                    if let Some(Value::String(d)) = op.get_mut("description") {
+                        *d = d.split_whitespace().collect::<Vec<_>>().join(" ");
+                    }
+                }
+            }
+            let path = if key.ends_with('/') {
+                key.clone()
+            } else {
+                format!("{key}/")
+            };
+            paths.insert(path, item);
+        }
+    }
+    let mut extra_schemas = add_request_bodies(&mut paths);
+    describe_access_and_errors(&mut paths, &super::routes().describe());
+    out.insert("paths".into(), Value::Object(paths));
+    let mut components = raw
+        .get("components")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Value::Object(c) = &mut components {
+        let schemas = c.entry("schemas").or_insert_with(|| json!({}));
+        if let Value::Object(schemas) = schemas {
+            extra_schemas.insert("ErrorDetail".into(), error_detail_schema());
+            extra_schemas.insert("ValidationError".into(), validation_error_schema());
+            schemas.append(&mut extra_schemas);
+            for (name, schema) in schemas.iter_mut() {
+                if name.ends_with("Request") {
+                    choices_as_enums(schema);
+                }
+            }
+            sort_keys(schemas);
+        }
+        c.insert("securitySchemes".into(), security_schemes());
+    }
+    out.insert("components".into(), components);
+    let mut doc = Value::Object(out);
+    to_openapi_30(&mut doc);
+    doc
+}
+
+pub fn documents(router: &Router) -> Documents {
+    let doc = document(router);
+    Documents {
+        json: serde_json::to_string(&doc).unwrap_or_else(|_| "{}".into()),
+        yaml: to_yaml(&doc),
+    }
+}
+
+/// Declares the request bodies the endpoint annotations leave out (see
+/// [`request_bodies::BODIES`]) and returns the schemas they name. A PATCH body is never
+/// required and takes the schema's `Patched` variant (no field required).
+fn add_request_bodies(paths: &mut Map<String, Value>) -> Map<String, Value> {
+    let defined: Map<String, Value> = request_bodies::schemas()
+        .into_iter()
+        .map(|(name, schema)| (name.to_string(), schema))
+        .collect();
+    let mut used = Map::new();
+    for item in paths.values_mut() {
+        let Value::Object(ops) = item else { continue };
+        for (method, op) in ops.iter_mut() {
+            let Value::Object(op) = op else { continue };
+            let patch = method == "patch";
+            if !op.contains_key("requestBody") {
+                let Some(name) = op
+                    .get("operationId")
+                    .and_then(Value::as_str)
+                    .and_then(|id| request_bodies::BODIES.iter().find(|(op, _)| *op == id))
+                    .map(|(_, name)| *name)
+                else {
+                    continue;
+                };
+                let Some(schema) = defined.get(name) else {
+                    continue;
+                };
+                let mut schema = schema.clone();
+                let name = if patch {
+                    if let Value::Object(o) = &mut schema {
+                        o.remove("required");
+                    }
+                    format!("Patched{name}")
+                } else {
+                    name.to_string()
+                };
+                let media = if request_bodies::MULTIPART.iter().any(|m| name.ends_with(m)) {
+                    "multipart/form-data"
+                } else {
+                    "application/json"
+                };
+                let reference = json!({"schema": {"$ref": format!("#/components/schemas/{name}")}});
+                // A missing body reads as `{}`: it is required only when fields are.
+                let required = !patch && schema.get("required").is_some();
+                op.insert(
+                    "requestBody".into(),
+                    json!({"content": {media: reference}, "required": required}),
+                );
+                used.insert(name, schema);
+            }
+            // A partial update with no body changes nothing and succeeds, as upstream.
+            if patch && let Some(Value::Object(body)) = op.get_mut("requestBody") {
+                body.remove("required");
+            }
+        }
+    }
+    used
+}
+
+/// Adds `enum` to string properties whose description lists their choices the way DRF does
+/// (`* \`PD\` - Pending` lines), so the document states what the validation accepts.
+fn choices_as_enums(schema: &mut Value) {
+    let Some(Value::Object(props)) = schema.get_mut("properties") else {
+        return;
+    };
+    for prop in props.values_mut() {
+        let Value::Object(p) = prop else { continue };
+        if p.contains_key("enum") || p.get("type").and_then(Value::as_str) != Some("string") {
+            continue;
+        }
+        let Some(description) = p.get("description").and_then(Value::as_str) else {
+            continue;
+        };
+        let codes: Vec<Value> = description
+            .lines()
+            .filter_map(|l| l.strip_prefix("* `"))
+            .filter_map(|l| l.split_once("` - "))
+            .map(|(code, _)| Value::from(code))
+            .collect();
+        if !codes.is_empty() {
+            p.insert("enum".into(), Value::Array(codes));
+        }
+    }
+}
+
+/// The credentials a protected operation takes, as upstream documents them.
+fn security_schemes() -> Value {
+    json!({
+        "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+        "tokenAuth": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "Token-based authentication with required prefix \"Token\""
+        }
+    })
+}
+
+/// `{"detail": "..."}`: every error that is not about single fields.
+fn error_detail_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "An error about the request as a whole.",
+        "required": ["detail"],
+        "properties": {"detail": {"type": "string"}}
+    })
+}
+
+/// A 400 body: messages keyed by field name (`non_field_errors` for the body as a whole,
+/// nested objects for nested fields), or `detail` for a request that could not be read.
+fn validation_error_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "Messages keyed by field name, or `detail` for an unreadable request.",
+        "additionalProperties": {}
+    })
+}
+
+/// An error response with its body schema.
+fn error_response(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+    })
+}
+
+/// `/users/users/{id}/` and `/users/users/{pk}/` name the same route.
+fn route_key(path: &str) -> String {
+    let path = path.trim_end_matches('/');
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Adds, from the route table, what the endpoint annotations leave out: the credentials a
+/// protected route needs (`security`) and the error answers every route can give (400 for a
+/// body or query it rejects, 401/403 from authentication and permissions, 404 for an
+/// unknown id, 415 for a body it cannot read, 429 from the throttle). Responses an
+/// endpoint documents itself are kept.
+fn describe_access_and_errors(paths: &mut Map<String, Value>, routes: &[RouteInfo]) {
+    for (path, item) in paths.iter_mut() {
+        let Value::Object(ops) = item else { continue };
+        let route = routes
+            .iter()
+            .find(|r| route_key(&r.path) == route_key(path));
+        let protected = route.is_none_or(|r| r.policy.access == Access::Authenticated);
+        let throttled = route.is_none_or(|r| r.policy.throttled);
+        let has_id = path.contains('{');
+        for (method, op) in ops.iter_mut() {
+            let Value::Object(op) = op else { continue };
+            let unsafe_method = method != "get";
+            let has_body = op.contains_key("requestBody");
+            let lists = method == "get" && !has_id && is_page(op);
+            let mut errors: Vec<(&str, &str, &str)> = Vec::new();
+            // An unsafe method can carry a body that cannot be read (e.g. a DELETE that
+            // claims a multipart body and sends none).
+            if has_body || lists || unsafe_method {
+                errors.push(("400", "Invalid request.", "ValidationError"));
+            }
+            if throttled {
+                errors.push(("401", "Missing or invalid credentials.", "ErrorDetail"));
+            }
+            if protected || unsafe_method {
+                errors.push(("403", "Permission denied.", "ErrorDetail"));
+            }
+            if has_id {
+                errors.push(("404", "No such record.", "ErrorDetail"));
+            }
+            if method == "delete" {
+                errors.push(("409", "Still referenced by other records.", "ErrorDetail"));
+            }
+            if has_body {
+                errors.push(("415", "Unsupported media type.", "ErrorDetail"));
+            }
+            if throttled {
+                errors.push(("429", "Request was throttled.", "ErrorDetail"));
+            }
+            if protected {
+                op.insert(
+                    "security".into(),
+                    json!([{"tokenAuth": []}, {"cookieAuth": []}]),
+                );
+            }
+            let responses = op.entry("responses").or_insert_with(|| json!({}));
+            if let Value::Object(responses) = responses {
+                for (status, description, schema) in errors {
+                    responses
+                        .entry(status)
+                        .or_insert_with(|| error_response(description, schema));
+                }
+                sort_keys(responses);
+            }
+        }
+    }
+}
+
+/// Whether an operation answers a paginated list.
+fn is_page(op: &Map<String, Value>) -> bool {
+    op.get("responses")
+        .and_then(|r| r.get("200"))
+        .and_then(|r| r.pointer("/content/application~1json/schema/$ref"))
+        .and_then(Value::as_str)
+        .is_some_and(|r| r.contains("/Paginated"))
+}
+
+/// Entries in key order: responses by status, schemas by name.
+fn sort_keys(responses: &mut Map<String, Value>) {
+    let mut entries: Vec<(String, Value)> = std::mem::take(responses).into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    responses.extend(entries);
+}
+
+/// Rewrites OpenAPI 3.1 nullability (`type: [T, "null"]`, `oneOf` with a null schema) into
+/// 3.0's `nullable: true`.
+fn to_openapi_30(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get("type").cloned() {
+                let non_null: Vec<Value> = types
+                    .iter()
+                    .filter(|t| t.as_str() != Some("null"))
+                    .cloned()
+                    .collect();
+                if non_null.len() == 1 {
+                    map.insert("type".into(), non_null[0].clone());
+                    if non_null.len() < types.len() {
+                        map.insert("nullable".into(), Value::Bool(true));
+                    }
+                }
+            }
+            for key in ["oneOf", "anyOf"] {
+                if let Some(Value::Array(options)) = map.get(key).cloned() {
+                    let non_null: Vec<Value> = options
+                        .iter()
+                        .filter(|o| o.get("type").and_then(Value::as_str) != Some("null"))
+                        .cloned()
+                        .collect();
+                    if non_null.len() < options.len() && non_null.len() == 1 {
+                        map.remove(key);
+                        map.insert("allOf".into(), Value::Array(non_null));
+                        map.insert("nullable".into(), Value::Bool(true));
+                    }
+                }
+            }
+            for child in map.values_mut() {
+                to_openapi_30(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(to_openapi_30),
+        _ => {}
+    }
+}
+
+/// Block-style YAML with two-space indentation, sequences at their parent's indentation and
+/// keys in document order, matching the layout of the reference document.
+pub fn to_yaml(v: &Value) -> String {
+    let mut out = String::new();
+    match v {
+        Value::Object(map) if !map.is_empty() => write_map(&mut out, map, 0),
+        other => {
+            out.push_str(&scalar(other));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn write_map(out: &mut String, map: &Map<String, Value>, indent: usize) {
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 || !out.ends_with("- ") {
+            out.push_str(&" ".repeat(indent));
+        }
+        out.push_str(&scalar(&Value::String(k.clone())));
+        out.push(':');
+        write_value(out, v, indent);
+    }
+}
+
+fn write_value(out: &mut String, v: &Value, indent: usize) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            write_map(out, m, indent + 2);
+        }
+        Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            write_seq(out, a, indent);
+        }
+        other => {
+            out.push(' ');
+            out.push_str(&scalar(other));
+            out.push('\n');
+        }
+    }
+}
+
+fn write_seq(out: &mut String, items: &[Value], indent: usize) {
+    for item in items {
+        out.push_str(&" ".repeat(indent));
+        out.push_str("- ");
+        match item {
+            Value::Object(m) if !m.is_empty() => write_map(out, m, indent + 2),
+            Value::Array(a) if !a.is_empty() => {
+                out.push('\n');
+                write_seq(out, a, indent + 2);
+            }
+            other => {
+                out.push_str(&scalar(other));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        Value::String(s) => {
+            if s.contains('\n') || s.chars().any(|c| c.is_control()) {
+                serde_json::to_string(s).unwrap_or_default()
+            } else if plain_ok(s) {
+                s.clone()
+            } else {
+                format!("'{}'", s.replace('\'', "''"))
+            }
+        }
+    }
+}
+
+/// Whether a string can be written unquoted and still read back as the same string.
+fn plain_ok(s: &str) -> bool {
+    let Some(first) = s.chars().next() else {
+        return false;
+    };
+    // A leading indicator character forces quoting, except a dash that starts a word.
+    let dash_word = first == '-' && s.len() > 1 && !s.starts_with("- ") && !s.starts_with("---");
+    if "-?:,[]{}#&*!|>'\"%@`".contains(first) && !dash_word {
+        return false;
+    }
+    if first == ' ' || s.ends_with(' ') || s.ends_with(':') {
+        return false;
+    }
+    if s.contains(": ") || s.contains(" #") {
+        return false;
+    }
+    let lower = s.to_ascii_lowercase();
+    const RESERVED: [&str; 12] = [
+        "true", "false", "yes", "no", "on", "off", "y", "n", "null", "~", ".nan", ".inf",
+    ];
+    if RESERVED.contains(&lower.as_str()) {
+        return false;
+    }
+    // Anything YAML 1.1 would read as a number, date or time stays quoted.
+    let digits_and = |extra: &str| s.chars().all(|c| c.is_ascii_digit() || extra.contains(c));
+    let numeric = s.parse::<f64>().is_ok()
+        || (digits_and("_+-") && s.chars().any(|c| c.is_ascii_digit()))
+        || s.starts_with("0x")
+        || s.starts_with("0o");
+    let date_or_time = (digits_and("-") && s.len() >= 8 && s.matches('-').count() == 2)
+        || (digits_and(":.") && s.contains(':'));
+    !(numeric || date_or_time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_layout_matches_the_reference_style() {
+        let doc = serde_json::json!({
+            "openapi": "3.0.3",
+            "paths": {
+                "/users/users/{id}/": {
+                    "get": {
+                        "tags": ["Users"],
+                        "parameters": [{"name": "_limit", "required": false}],
+                        "responses": {"200": {"$ref": "#/components/schemas/X", "description": ""}}
+                    }
+                }
+            }
+        });
+        let yaml = to_yaml(&doc);
+        let expected = "openapi: 3.0.3
+paths:
+  /users/users/{id}/:
+    get:
+      tags:
+      - Users
+      parameters:
+      - name: _limit
+        required: false
+      responses:
+        '200':
+          $ref: '#/components/schemas/X'
+          description: ''
+";
+        assert_eq!(yaml, expected);
+    }
+
+    /// Every `$ref` of a document, with where it appears.
+    fn refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if k == "$ref"
+                        && let Some(r) = child.as_str()
+                    {
+                        out.push((at.to_string(), r.to_string()));
+                    }
+                    refs(child, &format!("{at}/{k}"), out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| refs(i, at, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_served_document_declares_credentials_bodies_and_errors() {
+        let doc = document(&crate::web::router());
+        let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+        let token = serde_json::json!([{"tokenAuth": []}, {"cookieAuth": []}]);
+        assert_eq!(
+            doc["components"]["securitySchemes"]["tokenAuth"]["name"],
+            "Authorization"
+        );
+        // Protected routes take credentials; public ones document none, as upstream.
+        assert_eq!(op("/users/users/", "get")["security"], token);
+        assert_eq!(op("/authentication/logout/", "post")["security"], token);
+        assert!(
+            op("/authentication/login/", "post")
+                .get("security")
+                .is_none()
+        );
+        assert!(op("/health/", "get").get("security").is_none());
+        // Request bodies the handlers read themselves; a PATCH body is never required.
+        let create = op("/users/users/", "post");
+        assert_eq!(
+            create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/PrivilegedUserRequest"
+        );
+        assert_eq!(create["requestBody"]["required"], true);
+        let patch = op("/users/users/{id}/", "patch");
+        assert_eq!(
+            patch["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/PatchedPrivilegedUserRequest"
+        );
+        assert!(patch["requestBody"].get("required").is_none());
+        assert!(
+            doc["components"]["schemas"]["PatchedPrivilegedUserRequest"]
+                .get("required")
+                .is_none()
+        );
+        let upload = op("/allocations/attachments/", "post");
+        assert!(upload["requestBody"]["content"]["multipart/form-data"].is_object());
+        // Choices listed in a description become an enum.
+        assert_eq!(
+            doc["components"]["schemas"]["ClusterRequest"]["properties"]["access_mode"]["enum"],
+            serde_json::json!(["WL", "BL", "OP"])
+        );
+        // Error answers: credentials, permissions, unknown ids, conflicts, throttling.
+        let statuses = |o: &Value| -> Vec<String> {
+            o["responses"]
+                .as_object()
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            statuses(&create),
+            ["201", "400", "401", "403", "415", "429"]
+        );
+        assert_eq!(
+            statuses(&op("/users/users/{id}/", "delete")),
+            ["204", "400", "401", "403", "404", "409", "429"]
+        );
+        assert_eq!(statuses(&op("/version/", "get")), ["200", "401", "429"]);
+        assert_eq!(
+            op("/users/users/{id}/", "get")["responses"]["404"]["content"]["application/json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/ErrorDetail"
+        );
+    }
+
+    #[test]
+    fn every_reference_of_the_served_document_resolves() {
+        let doc = document(&crate::web::router());
+        let mut found = Vec::new();
+        refs(&doc, "", &mut found);
+        assert!(found.len() > 100, "{}", found.len());
+        for (at, r) in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{at}: {r} does not resolve"
+            );
+        }
+    }
+
+    #[test]
+    fn nullable_types_become_openapi_30() {
+        let mut v = serde_json::json!({"type": ["string", "null"]});
+        to_openapi_30(&mut v);
+        assert_eq!(v, serde_json::json!({"type": "string", "nullable": true}));
+    }
+}

@@ -1,0 +1,796 @@
+//! API throttling (spec/operations.md §1.2.6, domain.md §1.6): DRF's SimpleRateThrottle sliding
+//! window per (scope, key), counted in Redis when configured (one budget shared by all web
+//! processes) or else in this process's memory. The HTTP middleware picks scopes and keys
+//! (the client address of `crate::web::client`, ⚑ not upstream's whole `X-Forwarded-For`),
+//! calls [`Throttle::check`] and renders a refusal with [`wait_message`]. Budgets that count
+//! only some outcomes (failed logins per username) reserve an entry first and
+//! [`Throttle::release`] it when the outcome does not count.
+
+use crate::config::Rate;
+use fred::clients::WithOptions;
+use fred::prelude::*;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A refused request: whole seconds until the budget allows another one (the `Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub seconds: u64,
+}
+
+impl Wait {
+    /// Rounded up like DRF's `math.ceil(wait)`, and never 0.
+    fn from_duration(remaining: Duration) -> Wait {
+        let seconds = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
+        Wait {
+            seconds: seconds.max(1),
+        }
+    }
+
+    fn from_millis(remaining_ms: u64) -> Wait {
+        Wait::from_duration(Duration::from_millis(remaining_ms))
+    }
+}
+
+/// The refusal's `detail`, worded as upstream.
+pub fn wait_message(seconds: u64) -> String {
+    let unit = if seconds == 1 { "second" } else { "seconds" };
+    format!("Request was throttled. Expected available in {seconds} {unit}.")
+}
+
+/// One throttle backend per process, shared by all requests.
+pub enum Throttle {
+    Memory(MemoryThrottle),
+    Redis(RedisThrottle),
+}
+
+/// Redis when a URL is given and reachable; otherwise (logged) this process's memory.
+pub async fn connect(redis_url: Option<String>) -> Throttle {
+    let Some(url) = redis_url else {
+        return Throttle::memory();
+    };
+    match RedisThrottle::connect(&url).await {
+        Ok(redis) => Throttle::Redis(redis),
+        Err(err) => {
+            tracing::warn!(
+                "throttle: cannot connect to Redis ({err}); counting requests in this process's memory, not shared with other web processes"
+            );
+            Throttle::memory()
+        }
+    }
+}
+
+impl Throttle {
+    pub fn memory() -> Throttle {
+        Throttle::Memory(MemoryThrottle::new())
+    }
+
+    /// Counts in Redis through an existing client (connected by the caller, e.g. one shared
+    /// with other Redis users in the process).
+    pub fn redis(client: Client) -> Throttle {
+        Throttle::Redis(RedisThrottle::new(client))
+    }
+
+    /// `"memory"` or `"redis"`, for logs and health output.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Throttle::Memory(_) => "memory",
+            Throttle::Redis(_) => "redis",
+        }
+    }
+
+    /// Accepts and records a request for `key` in `scope`, or refuses it (unrecorded) when
+    /// `rate.count` requests were accepted within the last `rate.period_secs`. Redis failures
+    /// allow the request.
+    pub async fn check(&self, scope: &str, key: &str, rate: Rate) -> Result<(), Wait> {
+        self.reserve(scope, key, rate).await.map(|_| ())
+    }
+
+    /// [`Throttle::check`], returning the recorded entry so that it can be taken back.
+    pub async fn reserve(&self, scope: &str, key: &str, rate: Rate) -> Result<Reservation, Wait> {
+        let entry = match self {
+            Throttle::Memory(memory) => {
+                let now = Instant::now();
+                memory.check_at(scope, key, rate, now)?;
+                Entry::Memory(now)
+            }
+            Throttle::Redis(redis) => {
+                let member = uuid::Uuid::new_v4().simple().to_string();
+                if redis.check(scope, key, rate, &member).await? {
+                    Entry::Redis(member)
+                } else {
+                    Entry::Unrecorded
+                }
+            }
+        };
+        Ok(Reservation {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            entry,
+        })
+    }
+
+    /// Takes back a reserved entry: it no longer counts against the budget.
+    pub async fn release(&self, reservation: Reservation) {
+        let Reservation { scope, key, entry } = reservation;
+        match (self, entry) {
+            (Throttle::Memory(memory), Entry::Memory(at)) => memory.release_at(&scope, &key, at),
+            (Throttle::Redis(redis), Entry::Redis(member)) => {
+                redis.remove(&scope, &key, &member).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An accepted, recorded request that [`Throttle::release`] can take back.
+#[derive(Debug)]
+pub struct Reservation {
+    scope: String,
+    key: String,
+    entry: Entry,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Memory(Instant),
+    /// The sorted-set member recorded in Redis.
+    Redis(String),
+    /// Redis did not answer and the request was let through unrecorded.
+    Unrecorded,
+}
+
+/// Every so often, drop histories whose requests have all left their window.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Never sweep more often than this many new keys (amortises sweeping under many keys).
+const MIN_SWEEP_LEN: usize = 1024;
+/// Keys kept after a sweep at most; beyond it the least recently used are dropped (as Django's
+/// local-memory cache culls), so spoofed identities cannot exhaust memory.
+const MAX_KEYS: usize = 100_000;
+
+/// Per-process counters: the accepted requests' instants per (scope, key), oldest first.
+pub struct MemoryThrottle {
+    state: Mutex<MemoryState>,
+}
+
+struct MemoryState {
+    histories: HashMap<(String, String), History>,
+    next_sweep_at: Option<Instant>,
+    sweep_above_len: usize,
+    max_keys: usize,
+}
+
+struct History {
+    hits: VecDeque<Instant>,
+    /// The period last checked against, so a sweep knows when the history has expired.
+    period: Duration,
+}
+
+impl History {
+    /// DRF drops entries with `timestamp <= now - duration`.
+    fn prune(&mut self, now: Instant) {
+        while let Some(&oldest) = self.hits.front() {
+            if now.saturating_duration_since(oldest) >= self.period {
+                self.hits.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+impl Default for MemoryThrottle {
+    fn default() -> Self {
+        MemoryThrottle::new()
+    }
+}
+
+impl MemoryThrottle {
+    pub fn new() -> MemoryThrottle {
+        MemoryThrottle::with_max_keys(MAX_KEYS)
+    }
+
+    fn with_max_keys(max_keys: usize) -> MemoryThrottle {
+        MemoryThrottle {
+            state: Mutex::new(MemoryState {
+                histories: HashMap::new(),
+                next_sweep_at: None,
+                sweep_above_len: MIN_SWEEP_LEN,
+                max_keys,
+            }),
+        }
+    }
+
+    /// [`Throttle::check`] at a given instant (the clock is a parameter so tests need no sleeps).
+    pub fn check_at(&self, scope: &str, key: &str, rate: Rate, now: Instant) -> Result<(), Wait> {
+        let period = Duration::from_secs(rate.period_secs);
+        // A panic elsewhere while holding the lock leaves the counters usable.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.maybe_sweep(now);
+        let history = state
+            .histories
+            .entry((scope.to_owned(), key.to_owned()))
+            .or_insert_with(|| History {
+                hits: VecDeque::new(),
+                period,
+            });
+        history.period = period;
+        history.prune(now);
+        let len = history.hits.len() as u64;
+        if len >= rate.count {
+            // Available again when enough of the oldest hits have left for the count to drop
+            // below the limit (the oldest one when exactly at the limit, as DRF computes).
+            let remaining = match usize::try_from(len - rate.count) {
+                Ok(index) if rate.count > 0 => {
+                    period.saturating_sub(now.saturating_duration_since(history.hits[index]))
+                }
+                _ => period,
+            };
+            return Err(Wait::from_duration(remaining));
+        }
+        history.hits.push_back(now);
+        Ok(())
+    }
+
+    /// Removes one hit recorded at `at` (the newest such; equal instants are interchangeable).
+    fn release_at(&self, scope: &str, key: &str, at: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(history) = state.histories.get_mut(&(scope.to_owned(), key.to_owned()))
+            && let Some(index) = history.hits.iter().rposition(|hit| *hit == at)
+        {
+            history.hits.remove(index);
+        }
+    }
+}
+
+impl MemoryState {
+    fn maybe_sweep(&mut self, now: Instant) {
+        let due = self.next_sweep_at.is_none_or(|at| now >= at);
+        if !due && self.histories.len() < self.sweep_above_len {
+            return;
+        }
+        self.histories.retain(|_, history| {
+            history.prune(now);
+            !history.hits.is_empty()
+        });
+        if self.histories.len() > self.max_keys {
+            let mut newest: Vec<(Instant, (String, String))> = self
+                .histories
+                .iter()
+                .filter_map(|(k, h)| h.hits.back().map(|at| (*at, k.clone())))
+                .collect();
+            newest.sort_unstable_by_key(|(at, _)| *at);
+            let excess = self.histories.len() - self.max_keys * 2 / 3;
+            for (_, k) in newest.into_iter().take(excess) {
+                self.histories.remove(&k);
+            }
+        }
+        self.next_sweep_at = Some(now + SWEEP_INTERVAL);
+        self.sweep_above_len = (self.histories.len() * 2).max(MIN_SWEEP_LEN);
+    }
+}
+
+const KEY_PREFIX: &str = "keystone:throttle:";
+/// A Redis call slower than this allows the request rather than holding it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most one "Redis unavailable" warning per interval; the others are counted.
+const WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Atomic check-and-record on one sorted set per (scope, key), scored by the Redis server's
+/// clock in milliseconds so the web hosts' clocks do not matter. Returns 0 when the request
+/// was accepted, else the milliseconds until the count drops below the limit.
+/// KEYS[1]: the set; ARGV: count, period in ms, a unique member for this request.
+const CHECK_SCRIPT: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local key = KEYS[1]
+local count = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+local n = redis.call('ZCARD', key)
+if n < count then
+  redis.call('ZADD', key, now, ARGV[3])
+  redis.call('PEXPIRE', key, period)
+  return 0
+end
+if count <= 0 then
+  return period
+end
+local entry = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
+return math.max(tonumber(entry[2]) + period - now, 1)
+"#;
+
+/// Counters shared through Redis by all web processes.
+pub struct RedisThrottle {
+    /// Commands fail fast while disconnected: throttling must not hold requests.
+    client: WithOptions<Client>,
+    script_sha: tokio::sync::OnceCell<String>,
+    warnings: WarningLimiter,
+}
+
+impl RedisThrottle {
+    pub fn new(client: Client) -> RedisThrottle {
+        let options = Options {
+            fail_fast: true,
+            timeout: Some(COMMAND_TIMEOUT),
+            max_attempts: Some(1),
+            ..Default::default()
+        };
+        RedisThrottle {
+            client: client.with_options(&options),
+            script_sha: tokio::sync::OnceCell::new(),
+            warnings: WarningLimiter::default(),
+        }
+    }
+
+    /// Its own client, reconnecting in the background after it was connected once.
+    pub async fn connect(url: &str) -> Result<RedisThrottle, Error> {
+        let client = Builder::from_config(Config::from_url(url)?)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(3);
+                c.internal_command_timeout = Duration::from_secs(3);
+            })
+            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build()?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, client.init()).await {
+            Ok(Ok(_connection_task)) => Ok(RedisThrottle::new(client)),
+            Ok(Err(err)) => Err(err),
+            Err(_) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+                Err(Error::new(ErrorKind::Timeout, "connection timed out"))
+            }
+        }
+    }
+
+    /// Ok(true) when recorded as `member`, Ok(false) when let through unrecorded because
+    /// Redis did not answer.
+    async fn check(&self, scope: &str, key: &str, rate: Rate, member: &str) -> Result<bool, Wait> {
+        // Not even queued while (re)connecting; the timeout also covers a client that was
+        // never connected, whose commands would wait forever.
+        let outcome = if self.client.is_connected() {
+            tokio::time::timeout(
+                2 * COMMAND_TIMEOUT,
+                self.check_and_record(scope, key, rate, member),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "no reply")))
+        } else {
+            Err(Error::new(ErrorKind::IO, "not connected"))
+        };
+        match outcome {
+            Ok(0) => Ok(true),
+            Ok(wait_ms) => Err(Wait::from_millis(wait_ms.max(1).unsigned_abs())),
+            Err(err) => {
+                if let Some(suppressed) = self.warnings.should_warn(Instant::now()) {
+                    let also = if suppressed > 0 {
+                        format!(" ({suppressed} more failures since the last warning)")
+                    } else {
+                        String::new()
+                    };
+                    tracing::warn!(
+                        "throttle: Redis unavailable, allowing requests unthrottled: {err}{also}"
+                    );
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Removes a recorded member; a failure only leaves it to expire with its window.
+    async fn remove(&self, scope: &str, key: &str, member: &str) {
+        let redis_key = format!("{KEY_PREFIX}{scope}:{key}");
+        let removed: Result<Result<i64, Error>, _> =
+            tokio::time::timeout(2 * COMMAND_TIMEOUT, self.client.zrem(redis_key, member)).await;
+        if !matches!(removed, Ok(Ok(_))) {
+            tracing::debug!("throttle: could not take back a reserved entry in Redis");
+        }
+    }
+
+    async fn check_and_record(
+        &self,
+        scope: &str,
+        key: &str,
+        rate: Rate,
+        member: &str,
+    ) -> Result<i64, Error> {
+        let redis_key = format!("{KEY_PREFIX}{scope}:{key}");
+        let args = vec![
+            rate.count.to_string(),
+            rate.period_secs.saturating_mul(1000).to_string(),
+            member.to_owned(),
+        ];
+        let sha = self
+            .script_sha
+            .get_or_try_init(|| self.client.script_load::<String, _>(CHECK_SCRIPT))
+            .await?;
+        let result = self
+            .client
+            .evalsha(sha.as_str(), redis_key.as_str(), args.clone())
+            .await;
+        match result {
+            // The script cache was flushed or Redis restarted: load it again (same digest).
+            Err(err) if err.details().starts_with("NOSCRIPT") => {
+                let sha: String = self.client.script_load(CHECK_SCRIPT).await?;
+                self.client.evalsha(sha, redis_key.as_str(), args).await
+            }
+            result => result,
+        }
+    }
+}
+
+#[derive(Default)]
+struct WarningLimiter {
+    /// When the last warning was logged, and how many were suppressed since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl WarningLimiter {
+    /// `Some(suppressed since the last warning)` when a warning should be logged now.
+    fn should_warn(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, suppressed) = &mut *state;
+        if last.is_some_and(|at| now.saturating_duration_since(at) < WARNING_INTERVAL) {
+            *suppressed += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(count: u64, period_secs: u64) -> Rate {
+        Rate { count, period_secs }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn refusal_wording() {
+        assert_eq!(
+            wait_message(1),
+            "Request was throttled. Expected available in 1 second."
+        );
+        assert_eq!(
+            wait_message(2),
+            "Request was throttled. Expected available in 2 seconds."
+        );
+        assert_eq!(
+            wait_message(60),
+            "Request was throttled. Expected available in 60 seconds."
+        );
+    }
+
+    #[test]
+    fn wait_rounds_up_to_whole_seconds_and_is_at_least_one() {
+        assert_eq!(Wait::from_duration(secs(59.0001)).seconds, 60);
+        assert_eq!(Wait::from_duration(secs(60.0)).seconds, 60);
+        assert_eq!(Wait::from_duration(secs(0.0004)).seconds, 1);
+        assert_eq!(Wait::from_duration(Duration::ZERO).seconds, 1);
+        assert_eq!(Wait::from_millis(1).seconds, 1);
+        assert_eq!(Wait::from_millis(1001).seconds, 2);
+    }
+
+    #[test]
+    fn memory_refuses_at_the_count_with_the_time_until_the_oldest_leaves() {
+        let throttle = MemoryThrottle::new();
+        let t0 = Instant::now();
+        let r = rate(3, 60);
+        assert_eq!(throttle.check_at("anon", "a", r, t0), Ok(()));
+        assert_eq!(throttle.check_at("anon", "a", r, t0 + secs(10.0)), Ok(()));
+        assert_eq!(throttle.check_at("anon", "a", r, t0 + secs(20.0)), Ok(()));
+        // Oldest accepted at t0 leaves at t0+60: 39.5 s away, rounded up.
+        assert_eq!(
+            throttle.check_at("anon", "a", r, t0 + secs(20.5)),
+            Err(Wait { seconds: 40 })
+        );
+        assert_eq!(
+            throttle.check_at("anon", "a", r, t0 + secs(59.2)),
+            Err(Wait { seconds: 1 })
+        );
+        // Other keys and other scopes have their own budgets.
+        assert_eq!(throttle.check_at("anon", "b", r, t0 + secs(21.0)), Ok(()));
+        assert_eq!(throttle.check_at("user", "a", r, t0 + secs(21.0)), Ok(()));
+    }
+
+    #[test]
+    fn memory_window_slides_and_refusals_are_not_recorded() {
+        let throttle = MemoryThrottle::new();
+        let t0 = Instant::now();
+        let r = rate(2, 10);
+        assert_eq!(throttle.check_at("s", "k", r, t0), Ok(()));
+        assert_eq!(throttle.check_at("s", "k", r, t0 + secs(1.0)), Ok(()));
+        assert_eq!(
+            throttle.check_at("s", "k", r, t0 + secs(2.0)),
+            Err(Wait { seconds: 8 })
+        );
+        // Exactly one period later the first request has left (DRF: `<= now - duration`).
+        // Had the refusal at t0+2 been recorded, this would still be refused.
+        assert_eq!(throttle.check_at("s", "k", r, t0 + secs(10.0)), Ok(()));
+        // t0+1 and t0+10 are in the window; t0+1 leaves at t0+11.
+        assert_eq!(
+            throttle.check_at("s", "k", r, t0 + secs(10.6)),
+            Err(Wait { seconds: 1 })
+        );
+        assert_eq!(throttle.check_at("s", "k", r, t0 + secs(11.0)), Ok(()));
+    }
+
+    #[test]
+    fn memory_with_a_one_second_period_and_a_zero_count() {
+        let throttle = MemoryThrottle::new();
+        let t0 = Instant::now();
+        let r = rate(1, 1);
+        assert_eq!(throttle.check_at("s", "k", r, t0), Ok(()));
+        assert_eq!(
+            throttle.check_at("s", "k", r, t0 + secs(0.3)),
+            Err(Wait { seconds: 1 })
+        );
+        assert_eq!(throttle.check_at("s", "k", r, t0 + secs(1.0)), Ok(()));
+        assert_eq!(
+            throttle.check_at("s", "zero", rate(0, 60), t0),
+            Err(Wait { seconds: 60 })
+        );
+    }
+
+    #[test]
+    fn memory_wait_after_the_rate_was_lowered_waits_for_enough_hits_to_leave() {
+        let throttle = MemoryThrottle::new();
+        let t0 = Instant::now();
+        for i in 0..4 {
+            let at = t0 + secs(f64::from(i));
+            assert_eq!(throttle.check_at("s", "k", rate(5, 60), at), Ok(()));
+        }
+        // Four hits (t0..t0+3) against a limit of 2: below it once t0+2 has left, at t0+62.
+        assert_eq!(
+            throttle.check_at("s", "k", rate(2, 60), t0 + secs(30.0)),
+            Err(Wait { seconds: 32 })
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_backend_behind_the_common_api() {
+        let throttle = connect(None).await;
+        assert_eq!(throttle.backend(), "memory");
+        assert_eq!(throttle.check("anon", "ip", rate(1, 3600)).await, Ok(()));
+        let wait = throttle
+            .check("anon", "ip", rate(1, 3600))
+            .await
+            .expect_err("second request refused");
+        assert!((3599..=3600).contains(&wait.seconds), "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn released_reservations_no_longer_count() {
+        let throttle = Throttle::memory();
+        let r = rate(2, 60);
+        let first = throttle.reserve("login", "alice", r).await.expect("first");
+        throttle.reserve("login", "alice", r).await.expect("second");
+        assert!(throttle.reserve("login", "alice", r).await.is_err());
+        throttle.release(first).await;
+        let third = throttle
+            .reserve("login", "alice", r)
+            .await
+            .expect("room again");
+        assert!(throttle.reserve("login", "alice", r).await.is_err());
+        // A release frees exactly its own entry; another key has its own budget.
+        throttle.release(third).await;
+        throttle
+            .reserve("login", "bob", rate(1, 60))
+            .await
+            .expect("bob");
+        assert!(throttle.reserve("login", "bob", rate(1, 60)).await.is_err());
+    }
+
+    #[test]
+    fn memory_sweeps_expired_keys() {
+        let throttle = MemoryThrottle::new();
+        let t0 = Instant::now();
+        for i in 0..5000 {
+            let key = format!("client-{i}");
+            assert_eq!(throttle.check_at("anon", &key, rate(5, 1), t0), Ok(()));
+        }
+        let len = || throttle.state.lock().expect("lock").histories.len();
+        assert_eq!(len(), 5000, "nothing has expired yet");
+        let later = t0 + SWEEP_INTERVAL + secs(1.0);
+        assert_eq!(throttle.check_at("anon", "new", rate(5, 1), later), Ok(()));
+        assert_eq!(len(), 1, "only the live key is left");
+    }
+
+    #[test]
+    fn memory_culls_the_least_recently_used_keys_beyond_the_cap() {
+        let throttle = MemoryThrottle::with_max_keys(3000);
+        let t0 = Instant::now();
+        // All live for a day, so only the cap can drop them.
+        for i in 0..5000u32 {
+            let key = format!("client-{i}");
+            let at = t0 + Duration::from_millis(u64::from(i));
+            assert_eq!(throttle.check_at("anon", &key, rate(5, 86_400), at), Ok(()));
+        }
+        let state = throttle.state.lock().expect("lock");
+        assert!(
+            state.histories.len() <= 3000 + state.sweep_above_len,
+            "{}",
+            state.histories.len()
+        );
+        assert!(state.histories.len() < 5000);
+        // The newest key survived every cull.
+        assert!(
+            state
+                .histories
+                .contains_key(&("anon".to_string(), "client-4999".to_string()))
+        );
+    }
+
+    #[test]
+    fn redis_warnings_are_rate_limited_and_count_the_suppressed() {
+        let limiter = WarningLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(limiter.should_warn(t0), Some(0));
+        assert_eq!(limiter.should_warn(t0 + secs(1.0)), None);
+        assert_eq!(limiter.should_warn(t0 + secs(59.0)), None);
+        assert_eq!(limiter.should_warn(t0 + WARNING_INTERVAL), Some(2));
+        assert_eq!(limiter.should_warn(t0 + WARNING_INTERVAL + secs(1.0)), None);
+    }
+
+    /// The test Redis (`KEYSTONE_TEST_REDIS`, default db 15 on localhost), or None to skip
+    /// (a failure when `KEYSTONE_TEST_REQUIRE` names redis).
+    async fn test_redis() -> Option<String> {
+        let url = std::env::var("KEYSTONE_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_string());
+        let required = std::env::var("KEYSTONE_TEST_REQUIRE")
+            .map(|v| v.contains("redis"))
+            .unwrap_or(false);
+        match crate::infra::health::check_redis(&url).await {
+            Ok(()) => Some(url),
+            Err(err) if required => panic!("Redis at {url} is required but unreachable: {err}"),
+            Err(err) => {
+                eprintln!("skipping: Redis at {url} unreachable ({err})");
+                None
+            }
+        }
+    }
+
+    /// A scope no other test run uses, so parallel runs do not share budgets.
+    fn unique_scope(name: &str) -> String {
+        format!("test-{}-{name}", uuid::Uuid::new_v4().simple())
+    }
+
+    async fn redis_throttle(url: &str) -> Throttle {
+        let throttle = connect(Some(url.to_string())).await;
+        assert_eq!(throttle.backend(), "redis");
+        throttle
+    }
+
+    #[tokio::test]
+    async fn redis_processes_share_one_budget_per_scope_and_key() {
+        let Some(url) = test_redis().await else {
+            return;
+        };
+        let web1 = redis_throttle(&url).await;
+        let web2 = redis_throttle(&url).await;
+        let anon = unique_scope("anon");
+        let user = unique_scope("user");
+        let r = rate(3, 60);
+        assert_eq!(web1.check(&anon, "203.0.113.7", r).await, Ok(()));
+        assert_eq!(web2.check(&anon, "203.0.113.7", r).await, Ok(()));
+        assert_eq!(web1.check(&anon, "203.0.113.7", r).await, Ok(()));
+        for web in [&web1, &web2] {
+            let wait = web
+                .check(&anon, "203.0.113.7", r)
+                .await
+                .expect_err("budget used up by both processes");
+            assert!((59..=60).contains(&wait.seconds), "{wait:?}");
+        }
+        // Same key in another scope, and another key in the same scope: separate budgets.
+        assert_eq!(web2.check(&user, "203.0.113.7", r).await, Ok(()));
+        assert_eq!(web2.check(&anon, "203.0.113.8", r).await, Ok(()));
+        // The refusals were not recorded: still exactly the three accepted entries.
+        let Throttle::Redis(redis) = &web1 else {
+            unreachable!("checked by redis_throttle")
+        };
+        let key = format!("{KEY_PREFIX}{anon}:203.0.113.7");
+        let card: u64 = redis.client.zcard(key.as_str()).await.expect("zcard");
+        assert_eq!(card, 3);
+        let ttl: i64 = redis.client.pttl(key.as_str()).await.expect("pttl");
+        assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+    }
+
+    #[tokio::test]
+    async fn redis_reservations_are_shared_and_released() {
+        let Some(url) = test_redis().await else {
+            return;
+        };
+        let web1 = redis_throttle(&url).await;
+        let web2 = redis_throttle(&url).await;
+        let scope = unique_scope("login");
+        let r = rate(2, 900);
+        let kept = web1.reserve(&scope, "alice", r).await.expect("first");
+        let taken_back = web2.reserve(&scope, "alice", r).await.expect("second");
+        assert!(
+            web1.reserve(&scope, "alice", r).await.is_err(),
+            "shared budget"
+        );
+        web2.release(taken_back).await;
+        web1.reserve(&scope, "alice", r)
+            .await
+            .expect("room after the release");
+        let wait = web2
+            .reserve(&scope, "alice", r)
+            .await
+            .expect_err("full again");
+        assert!((899..=900).contains(&wait.seconds), "{wait:?}");
+        drop(kept);
+    }
+
+    #[tokio::test]
+    async fn redis_window_slides() {
+        let Some(url) = test_redis().await else {
+            return;
+        };
+        let throttle = redis_throttle(&url).await;
+        let scope = unique_scope("slide");
+        let r = rate(2, 1);
+        assert_eq!(throttle.check(&scope, "k", r).await, Ok(()));
+        assert_eq!(throttle.check(&scope, "k", r).await, Ok(()));
+        assert_eq!(
+            throttle.check(&scope, "k", r).await,
+            Err(Wait { seconds: 1 })
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(throttle.check(&scope, "k", r).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn redis_reloads_a_flushed_script() {
+        let Some(url) = test_redis().await else {
+            return;
+        };
+        let throttle = redis_throttle(&url).await;
+        let scope = unique_scope("noscript");
+        assert_eq!(throttle.check(&scope, "k", rate(5, 60)).await, Ok(()));
+        let Throttle::Redis(redis) = &throttle else {
+            unreachable!("checked by redis_throttle")
+        };
+        // Stands in for SCRIPT FLUSH or a Redis restart (a real flush would disturb
+        // parallel tests): the cached digest is unknown to the server.
+        let stale = RedisThrottle {
+            client: redis.client.clone(),
+            script_sha: tokio::sync::OnceCell::new_with(Some("0".repeat(40))),
+            warnings: WarningLimiter::default(),
+        };
+        let result = stale.check_and_record(&scope, "k", rate(5, 60), "m").await;
+        assert_eq!(result.expect("reloaded and ran"), 0);
+        let key = format!("{KEY_PREFIX}{scope}:k");
+        let card: u64 = redis.client.zcard(key.as_str()).await.expect("zcard");
+        assert_eq!(card, 2);
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_allows_requests() {
+        // Nothing listens on port 1: the initial connection fails and memory takes over.
+        let throttle = connect(Some("redis://127.0.0.1:1/15".to_string())).await;
+        assert_eq!(throttle.backend(), "memory");
+        assert_eq!(throttle.check("anon", "k", rate(1, 60)).await, Ok(()));
+
+        // A Redis throttle whose server is gone fails open on every request.
+        let client = Builder::from_config(Config::from_url("redis://127.0.0.1:1/15").expect("url"))
+            .build()
+            .expect("client");
+        let throttle = Throttle::redis(client);
+        assert_eq!(throttle.backend(), "redis");
+        let started = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(throttle.check("anon", "k", rate(1, 60)).await, Ok(()));
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "fails fast");
+    }
+}
