@@ -5,6 +5,7 @@ use super::fields::{Text, Validator};
 use super::list::{self as listing, Column, Kind, ListSpec, search};
 use super::summaries::{self, TeamRow, user_summary};
 use super::{Caller, body, context, path_id};
+use crate::domain::policy::Role;
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
@@ -205,10 +206,11 @@ pub async fn role_in(db: &Db, user_id: i64, team_id: i64) -> Result<Option<Strin
 
 /// Admin or owner of the team.
 pub async fn is_privileged(db: &Db, user_id: i64, team_id: i64) -> Result<bool, ApiError> {
-    Ok(matches!(
-        role_in(db, user_id, team_id).await?.as_deref(),
-        Some("AD") | Some("OW")
-    ))
+    Ok(role_in(db, user_id, team_id)
+        .await?
+        .as_deref()
+        .and_then(Role::from_code)
+        .is_some_and(Role::is_privileged))
 }
 
 /// Retrieve a team.
