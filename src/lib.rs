@@ -28,4 +28,5 @@ pub mod sessions;
 pub mod slurm;
 pub mod tasks;
 pub mod throttle;
+pub mod uploads;
 pub mod worker;
