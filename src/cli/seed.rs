@@ -9,6 +9,7 @@
 //! `keystone user set-password`).
 
 use crate::config::{Config, Engine};
+use crate::infra::uploads::{SUBDIR, UploadDir};
 use crate::on_tx;
 use crate::store::Tx;
 use crate::web::api::teams::slugify;
@@ -391,8 +392,8 @@ struct Review {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Attachment {
-    /// Storage path under the upload directory (`allocations/<name>`).
-    file: String,
+    /// File name in the attachments directory (the `file` value is `allocations/<stored>`).
+    stored: String,
     name: String,
     uploaded: DateTime<Utc>,
     content: String,
@@ -638,7 +639,7 @@ fn attachment(rng: &mut ChaCha8Rng, request: &Request, base: DateTime<Utc>) -> A
         _ => format!("{}\n\n{}\n", request.title, paragraph(rng, 4)),
     };
     Attachment {
-        file: format!("allocations/{stored}.{ext}"),
+        stored: format!("{stored}.{ext}"),
         name: format!("{stem}.{ext}"),
         uploaded: after(rng, request.submitted, 3, base),
         content,
@@ -1133,50 +1134,44 @@ async fn link(tx: &mut Tx, sql: &'static str, a: i64, b: i64) -> Result<(), Seed
     Ok(())
 }
 
-/// Writes an attachment's file under `allocations/` of the upload directory and returns its
-/// `file` value: the planned name, or `<name>-<n>.<ext>` when a file of that name exists
-/// (an earlier run with the same seed). Never replaces an existing file.
+/// Writes an attachment's file into the attachments directory of `upload.dir` through the
+/// storage code the API uses, and returns its `file` value: the planned name, or
+/// `<name>-<n>.<ext>` when an entry of that name exists (an earlier run with the same seed).
+/// Never follows or replaces an existing entry; a symlinked attachments directory is refused.
 fn write_file(
     root: &Path,
+    uploads: &mut Option<UploadDir>,
     a: &Attachment,
     written: &mut Vec<PathBuf>,
 ) -> Result<String, SeedError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let fail = |path: &Path, source| SeedError::File {
         path: path.display().to_string(),
         source,
     };
-    let planned = root.join(&a.file);
-    if let Some(dir) = planned.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o770)
-            .create(dir)
-            .map_err(|e| fail(dir, e))?;
-    }
-    let (stem, ext) = a.file.rsplit_once('.').unwrap_or((a.file.as_str(), "txt"));
+    let dir = match uploads {
+        Some(dir) => dir,
+        None => {
+            uploads.insert(UploadDir::open(root, true).map_err(|e| fail(&root.join(SUBDIR), e))?)
+        }
+    };
+    let (stem, ext) = a
+        .stored
+        .rsplit_once('.')
+        .unwrap_or((a.stored.as_str(), "txt"));
     let mut n = 1u64;
     loop {
-        let file = if n == 1 {
-            a.file.clone()
+        let name = if n == 1 {
+            a.stored.clone()
         } else {
             format!("{stem}-{n}.{ext}")
         };
-        let path = root.join(&file);
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                written.push(path.clone());
-                f.write_all(a.content.as_bytes())
-                    .map_err(|e| fail(&path, e))?;
+        match dir.create(&name, &mut a.content.as_bytes()) {
+            Ok(file) => {
+                written.push(dir.path().join(&name));
                 return Ok(file);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
-            Err(e) => return Err(fail(&path, e)),
+            Err(e) => return Err(fail(&dir.path().join(&name), e)),
         }
     }
 }
@@ -1188,6 +1183,8 @@ async fn write_requests(
     upload_root: &Path,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), SeedError> {
+    // Opened (and created) at the first attachment.
+    let mut uploads = None;
     for r in &plan.requests {
         let request_id: i64 = on_tx!(tx, |c| sqlx::query_scalar(
             "INSERT INTO allocations_allocationrequest (title, description, submitted, active, \
@@ -1265,7 +1262,7 @@ async fn write_requests(
             .map(|_| ()))?;
         }
         for a in &r.attachments {
-            let file = write_file(upload_root, a, written)?;
+            let file = write_file(upload_root, &mut uploads, a, written)?;
             on_tx!(tx, |c| sqlx::query(
                 "INSERT INTO allocations_attachment (file, name, uploaded, request_id) \
                  VALUES ($1, $2, $3, $4)"
@@ -1591,6 +1588,54 @@ mod tests {
             |p: &Plan| -> BTreeSet<String> { p.teams.iter().map(|t| t.slug.clone()).collect() };
         assert!(slugs(&first).is_disjoint(&slugs(&second)));
         assert_eq!(names(&first).len(), first.users.len());
+    }
+
+    #[test]
+    fn attachment_files_never_go_through_a_symlink() {
+        let a = Attachment {
+            stored: "abc.txt".into(),
+            name: "notes.txt".into(),
+            uploaded: as_of().and_time(NaiveTime::MIN).and_utc(),
+            content: "hello\n".into(),
+        };
+        let outside = tempfile::tempdir().expect("tempdir");
+        let victim = outside.path().join("victim.txt");
+
+        // A symlink where the planned file would go is not followed: the next name is used.
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = std::fs::canonicalize(root.path())
+            .expect("root")
+            .join(SUBDIR);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::os::unix::fs::symlink(&victim, dir.join("abc.txt")).expect("symlink");
+        let mut written = Vec::new();
+        let file = write_file(root.path(), &mut None, &a, &mut written).expect("written");
+        assert_eq!(file, "allocations/abc-2.txt");
+        assert!(!victim.exists(), "nothing written through the symlink");
+        assert!(
+            std::fs::symlink_metadata(dir.join("abc.txt"))
+                .expect("kept")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("abc-2.txt")).expect("file"),
+            "hello\n"
+        );
+        assert_eq!(written, [dir.join("abc-2.txt")]);
+
+        // A symlinked attachments directory is refused: nothing is written through it.
+        let root = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path(), root.path().join(SUBDIR)).expect("symlink");
+        let mut written = Vec::new();
+        let e = write_file(root.path(), &mut None, &a, &mut written).expect_err("refused");
+        assert!(matches!(e, SeedError::File { .. }), "{e}");
+        assert!(written.is_empty());
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("outside").count(),
+            0,
+            "the outside directory stays empty"
+        );
     }
 
     #[test]

@@ -6,3 +6,4 @@ pub mod ldap;
 pub mod mail;
 pub mod metrics;
 pub mod slurm;
+pub mod uploads;

@@ -10,6 +10,7 @@
 //! is answered with the usual 301 to the slashed one).
 
 use crate::config::Config;
+use crate::infra::uploads::{SUBDIR, UploadDir, read_stored};
 use crate::store::audit::{self, Action, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
@@ -28,15 +29,11 @@ use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub const CONTENT_TYPE: &str = "allocations | Attachment";
 const MODEL: &str = "Attachment";
 pub(crate) const REQUESTS: &str = "allocations_allocationrequest";
-/// Attachments live in this directory of the upload root; `file` values start with it.
-const SUBDIR: &str = "allocations";
 /// `Attachment.name` is a varchar(250).
 const NAME_MAX: usize = 250;
 
@@ -776,10 +773,10 @@ async fn send_file(config: &Config, a: &AttachmentRow, res: &mut Response) -> Re
     let with_body = accel.is_none();
     // All file-system work off the async threads: checks, then the content.
     let content = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<u8>>> {
-        let storage = Storage::open(&root, false)?;
+        let storage = UploadDir::open(&root, false)?;
         let path = storage
             .resolve(&file)
-            .ok_or_else(|| io_error(format!("no stored file for {file:?}")))?;
+            .ok_or_else(|| std::io::Error::other(format!("no stored file for {file:?}")))?;
         if with_body {
             read_stored(&path).map(Some)
         } else {
@@ -878,7 +875,7 @@ pub async fn remove_stored(config: &Config, files: &[String]) {
     let files = files.to_vec();
     let root = config.upload_dir();
     let _ = tokio::task::spawn_blocking(move || {
-        let storage = match Storage::open(&root, false) {
+        let storage = match UploadDir::open(&root, false) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("cannot remove attachment files: {e}");
@@ -943,171 +940,15 @@ pub fn routes() -> crate::web::route::Routes {
 }
 
 // ---------------------------------------------------------------------------------------
-// Storage: the only code that touches the upload directory
+// Storage (crate::infra::uploads owns the upload directory)
 // ---------------------------------------------------------------------------------------
-
-/// `O_NOFOLLOW` (not in std): refuse to open a symlink. Regular-file and inode checks below
-/// back it up on platforms where the value is unknown.
-#[cfg(all(
-    target_os = "linux",
-    any(
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "m68k"
-    )
-))]
-const O_NOFOLLOW: i32 = 0o100000;
-#[cfg(all(
-    target_os = "linux",
-    not(any(
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "m68k"
-    ))
-))]
-const O_NOFOLLOW: i32 = 0o400000;
-#[cfg(any(
-    target_os = "macos",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
-const O_NOFOLLOW: i32 = 0x100;
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "macos",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-)))]
-const O_NOFOLLOW: i32 = 0;
-
-/// The canonical upload root and its `allocations/` directory, checked to be a real
-/// directory inside the root (never a symlink).
-struct Storage {
-    dir: PathBuf,
-}
-
-fn io_error(msg: String) -> std::io::Error {
-    std::io::Error::other(msg)
-}
-
-impl Storage {
-    /// `configured` is `upload.dir`.
-    fn open(configured: &Path, make: bool) -> std::io::Result<Storage> {
-        if make && !configured.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o770)
-                .create(configured)?;
-        }
-        // The root itself may be a symlink an administrator set up; it is resolved once.
-        let root = std::fs::canonicalize(configured)?;
-        let dir = root.join(SUBDIR);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => {
-                return Err(io_error(format!(
-                    "{} is not a plain directory (symlinks are refused)",
-                    dir.display()
-                )));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && make => {
-                std::fs::DirBuilder::new().mode(0o770).create(&dir)?;
-            }
-            Err(e) => return Err(e),
-        }
-        if std::fs::canonicalize(&dir)? != dir {
-            return Err(io_error(format!(
-                "{} resolves outside the upload directory",
-                dir.display()
-            )));
-        }
-        Ok(Storage { dir })
-    }
-
-    /// Copies an upload into a new file with a random name and a known extension; returns
-    /// the `file` value (`allocations/<name>`).
-    fn store(&self, temp: &Path, ext: &str) -> std::io::Result<String> {
-        for _ in 0..8 {
-            let name = format!("{}.{ext}", uuid::Uuid::new_v4().simple());
-            let target = self.dir.join(&name);
-            // create_new (O_CREAT|O_EXCL) never follows or reuses an existing entry.
-            let mut out = match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o640)
-                .custom_flags(O_NOFOLLOW)
-                .open(&target)
-            {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            };
-            let copied = (|| {
-                let mut src = std::fs::File::open(temp)?;
-                std::io::copy(&mut src, &mut out)?;
-                out.flush()?;
-                out.sync_all()
-            })();
-            if let Err(e) = copied {
-                let _ = std::fs::remove_file(&target);
-                return Err(e);
-            }
-            return Ok(format!("{SUBDIR}/{name}"));
-        }
-        Err(io_error("no free file name for the upload".into()))
-    }
-
-    /// The path of a stored `file` value, only when it names a regular file (not a
-    /// symlink) directly inside the attachments directory.
-    fn resolve(&self, file: &str) -> Option<PathBuf> {
-        let rest = file.strip_prefix(SUBDIR)?.strip_prefix('/')?;
-        if rest.is_empty() || rest == "." || rest == ".." || rest.contains(['/', '\\', '\0']) {
-            return None;
-        }
-        let path = self.dir.join(rest);
-        let meta = std::fs::symlink_metadata(&path).ok()?;
-        if !meta.file_type().is_file() {
-            return None;
-        }
-        let canonical = std::fs::canonicalize(&path).ok()?;
-        (canonical.parent() == Some(self.dir.as_path())).then_some(path)
-    }
-}
-
-/// Reads a stored file without following symlinks, checking that what was opened is the
-/// regular file that `resolve` looked at.
-fn read_stored(path: &Path) -> std::io::Result<Vec<u8>> {
-    let before = std::fs::symlink_metadata(path)?;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(O_NOFOLLOW)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() || meta.dev() != before.dev() || meta.ino() != before.ino() {
-        return Err(io_error(format!(
-            "{} changed while opening",
-            path.display()
-        )));
-    }
-    let mut content = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    f.read_to_end(&mut content)?;
-    Ok(content)
-}
 
 /// Stores an upload; inside a batch it is removed again if the batch rolls back.
 async fn store_upload(db: &Db, config: &Config, upload: &Upload) -> Result<String, ApiError> {
     let root = config.upload_dir();
     let temp = upload.temp.clone();
     let ext = upload.ext;
-    let file = tokio::task::spawn_blocking(move || Storage::open(&root, true)?.store(&temp, ext))
+    let file = tokio::task::spawn_blocking(move || UploadDir::open(&root, true)?.store(&temp, ext))
         .await
         .map_err(|_| ApiError::Internal)?
         .map_err(|e| {
