@@ -799,6 +799,30 @@ where
         + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
         + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
 {
+    let mut page_q = sea_query::Query::select();
+    page_q
+        .columns(columns.iter().map(|c| sea_query::Alias::new(*c)))
+        .from(sea_query::Alias::new(spec.table));
+    page_from(req, db, tz, spec, page_q, scope, default_order).await
+}
+
+/// `page_ordered` over a prepared select of the resource's table (columns and computed
+/// expressions already chosen): the query's conditions, the scope and the window are added.
+pub async fn page_from<R>(
+    req: &salvo::Request,
+    db: &crate::store::Db,
+    tz: chrono_tz::Tz,
+    spec: &ListSpec,
+    mut page_q: SelectStatement,
+    scope: &(dyn Fn(&mut SelectStatement) + Send + Sync),
+    default_order: &[(&str, bool)],
+) -> Result<(Vec<R>, Page), ApiError>
+where
+    R: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
     let params = query_pairs(req);
     let (query, mut errors) = parse_collect(&params, spec, db.engine(), tz, default_order);
     query.foreign_key_errors(db, &mut errors).await?;
@@ -812,11 +836,7 @@ where
         .cond_where(query.condition.clone());
     scope(&mut count_q);
     let count: i64 = crate::store::fetch_scalar(db, &count_q).await?;
-    let mut page_q = sea_query::Query::select();
-    page_q
-        .columns(columns.iter().map(|c| sea_query::Alias::new(*c)))
-        .from(sea_query::Alias::new(spec.table))
-        .cond_where(query.condition.clone());
+    page_q.cond_where(query.condition.clone());
     scope(&mut page_q);
     query.apply_page(&mut page_q);
     let rows: Vec<R> = crate::store::fetch_all(db, &page_q).await?;

@@ -13,6 +13,7 @@ pub mod logs;
 pub mod memberships;
 pub mod notifications;
 pub mod research;
+pub mod resource;
 pub mod stats;
 pub mod summaries;
 pub mod teams;

@@ -2,38 +2,44 @@
 //! manage them; everyone authenticated may read any cluster by id, while the list shows a
 //! non-staff caller only the clusters their teams may use (access mode and access list).
 
-use crate::store::audit::{self, Action, Snapshot};
+use crate::store::audit::Action;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
+use crate::web::api::body::Body;
 use crate::web::api::fields::{Text, Validator};
-use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search};
+use crate::web::api::list::{Column, Kind, ListSpec, search};
+use crate::web::api::resource::{self, Docs, Field, Fut, Policy, Resource, Val};
 use crate::web::api::summaries;
-use crate::web::api::{Caller, body, context, path_id};
+use crate::web::api::users::{AuditLogSummaryDoc, TeamSummaryDoc};
+use crate::web::api::{Caller, body};
 use crate::{on_db, on_tx};
-use salvo::http::StatusCode;
-use salvo::oapi::ToSchema;
-use salvo::prelude::*;
+use salvo::oapi::{Components, RefOr, Schema, ToSchema};
 use sea_query::{Alias, Cond, Expr, ExprTrait, Query};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 
 pub const CONTENT_TYPE: &str = "allocations | Cluster";
 const MODEL: &str = "Cluster";
 pub const ACCESS_MODES: &[&str] = &["WL", "BL", "OP"];
 
-const COLUMNS: &[Column] = &[
-    Column::new("id", Kind::Int),
-    Column::new("name", Kind::Text),
-    Column::new("description", Kind::Text),
-    Column::new("enabled", Kind::Bool),
-    Column::new("access_mode", Kind::Choice(ACCESS_MODES)),
+const FIELDS: [Field<ClusterRow>; 5] = [
+    Field::id(|c| Val::Int(c.id)),
+    Field::new("name", Kind::Text, |c| Val::Text(c.name.clone())),
+    Field::new("description", Kind::Text, |c| {
+        Val::OptText(c.description.clone())
+    }),
+    Field::new("enabled", Kind::Bool, |c| Val::Bool(c.enabled)),
+    Field::new("access_mode", Kind::Choice(ACCESS_MODES), |c| {
+        Val::Text(c.access_mode.clone())
+    }),
 ];
+const COLUMNS: [Column; 5] = resource::columns(&FIELDS);
 
 pub const SPEC: ListSpec = ListSpec {
     table: "allocations_cluster",
-    filters: COLUMNS,
-    order: COLUMNS,
+    filters: &COLUMNS,
+    order: &COLUMNS,
     search: &[search("name"), search("description")],
 };
 
@@ -46,12 +52,16 @@ pub struct ClusterSummaryDoc {
     pub enabled: bool,
 }
 
+// A cluster as the API renders and documents it (a doc comment here would become the
+// schema's description).
 #[derive(Serialize, ToSchema)]
 #[salvo(schema(name = "Cluster"))]
-pub struct ClusterDoc {
+pub struct Cluster {
     pub id: i64,
-    pub _access_teams: Vec<crate::web::api::users::TeamSummaryDoc>,
-    pub _history: Vec<crate::web::api::users::AuditLogSummaryDoc>,
+    #[salvo(schema(value_type = Vec<TeamSummaryDoc>))]
+    pub _access_teams: Vec<Value>,
+    #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
+    pub _history: Vec<Value>,
     #[salvo(schema(max_length = 50))]
     pub name: String,
     #[salvo(schema(max_length = 150, required))]
@@ -100,15 +110,6 @@ pub struct PatchedClusterRequestDoc {
     pub access_teams: Vec<i64>,
 }
 
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PaginatedClusterList"))]
-pub struct ClusterPage {
-    pub count: i64,
-    pub next: Option<String>,
-    pub previous: Option<String>,
-    pub results: Vec<ClusterDoc>,
-}
-
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ClusterRow {
     pub id: i64,
@@ -117,8 +118,6 @@ pub struct ClusterRow {
     pub enabled: bool,
     pub access_mode: String,
 }
-
-const ROW_COLUMNS: [&str; 5] = ["id", "name", "description", "enabled", "access_mode"];
 
 /// `SELECT team_id FROM users_membership WHERE user_id = <id>`: every team the user has a
 /// membership row in (active or not).
@@ -168,7 +167,7 @@ async fn access_rows(db: &Db, ids: &[i64]) -> Result<Vec<(i64, i64)>, ApiError> 
 
 /// Representations of a page of clusters: access lists, their teams and history in a
 /// constant number of queries.
-pub async fn represent(db: &Db, rows: &[ClusterRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, rows: &[ClusterRow]) -> Result<Vec<Cluster>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
     let access = access_rows(db, &ids).await?;
     let team_ids: Vec<i64> = access.iter().map(|(_, t)| *t).collect();
@@ -183,29 +182,22 @@ pub async fn represent(db: &Db, rows: &[ClusterRow]) -> Result<Vec<Value>, ApiEr
                 .map(|(_, t)| *t)
                 .collect();
             let expanded: Vec<Value> = mine.iter().filter_map(|t| teams.get(t).cloned()).collect();
-            json!({
-                "id": c.id,
-                "_access_teams": expanded,
-                "_history": history.remove(&c.id).unwrap_or_default(),
-                "name": c.name,
-                "description": c.description,
-                "enabled": c.enabled,
-                "access_mode": c.access_mode,
-                "access_teams": mine,
-            })
+            Cluster {
+                id: c.id,
+                _access_teams: expanded,
+                _history: history.remove(&c.id).unwrap_or_default(),
+                name: c.name.clone(),
+                description: c.description.clone(),
+                enabled: c.enabled,
+                access_mode: c.access_mode.clone(),
+                access_teams: mine,
+            }
         })
         .collect())
 }
 
-async fn represent_one(db: &Db, c: &ClusterRow) -> Result<Value, ApiError> {
-    Ok(represent(db, std::slice::from_ref(c))
-        .await?
-        .pop()
-        .unwrap_or(Value::Null))
-}
-
 pub fn summary(c: &ClusterRow) -> Value {
-    json!({"id": c.id, "name": c.name, "enabled": c.enabled})
+    serde_json::json!({"id": c.id, "name": c.name, "enabled": c.enabled})
 }
 
 /// Clusters by id (one query).
@@ -216,56 +208,12 @@ pub async fn by_ids(db: &Db, ids: &[i64]) -> Result<HashMap<i64, ClusterRow>, Ap
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    let mut q = Query::select();
-    q.columns(ROW_COLUMNS.map(Alias::new))
-        .from(Alias::new("allocations_cluster"))
-        .and_where(Expr::col(Alias::new("id")).is_in(ids));
-    let rows: Vec<ClusterRow> = crate::store::fetch_all(db, &q).await?;
+    let rows = resource::load::<Clusters>(db, &ids).await?;
     Ok(rows.into_iter().map(|c| (c.id, c)).collect())
 }
 
-/// List HPC clusters.
-///
-/// Returns a list of HPC clusters. Non-staff users are only returned clusters accessible
-/// based on each cluster's access mode (open, whitelist, or blacklist) and the user's team
-/// memberships. Staff users are returned all clusters.
-#[endpoint(
-    operation_id = "allocations_clusters_list",
-    tags("Allocations - Clusters"),
-    responses((status_code = 200, description = "", body = ClusterPage))
-)]
-pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let scope = |q: &mut sea_query::SelectStatement| scope(q, &caller);
-        let (rows, page) = listing::page::<ClusterRow>(
-            req,
-            &app.db,
-            app.config.timezone(),
-            &SPEC,
-            &ROW_COLUMNS,
-            &scope,
-        )
-        .await?;
-        Ok(page.envelope(represent(&app.db, &rows).await?))
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
 pub async fn by_id(db: &Db, id: i64) -> Result<Option<ClusterRow>, ApiError> {
-    Ok(on_db!(db, |p| sqlx::query_as::<_, ClusterRow>(
-        "SELECT id, name, description, enabled, access_mode FROM allocations_cluster WHERE id = $1"
-    )
-    .bind(id)
-    .fetch_optional(p)
-    .await)?)
-}
-
-async fn found(db: &Db, id: i64) -> Result<ClusterRow, ApiError> {
-    by_id(db, id)
-        .await?
-        .ok_or_else(|| ApiError::no_match(MODEL))
+    resource::by_id::<Clusters>(db, id).await
 }
 
 /// Whether team `team_id` may use a cluster (domain.md §3.5.1): open, whitelisted or not
@@ -288,36 +236,6 @@ pub async fn team_may_use(db: &Db, cluster: &ClusterRow, team_id: i64) -> Result
         "BL" => listed == 0,
         _ => true,
     })
-}
-
-/// Retrieve an HPC cluster.
-///
-/// Returns a single HPC cluster by ID. Read access is granted to all users regardless of the
-/// cluster access policy.
-#[endpoint(
-    operation_id = "allocations_clusters_retrieve",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this cluster.")),
-    tags("Allocations - Clusters"),
-    responses((status_code = 200, description = "", body = ClusterDoc))
-)]
-pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, _caller) = context(depot)?;
-        let c = found(&app.db, path_id(req)?).await?;
-        represent_one(&app.db, &c).await
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-fn snapshot(c: &ClusterRow) -> Snapshot {
-    vec![
-        ("id", audit::int(c.id)),
-        ("name", Some(c.name.clone())),
-        ("description", audit::text(&c.description)),
-        ("enabled", audit::boolean(c.enabled)),
-        ("access_mode", Some(c.access_mode.clone())),
-    ]
 }
 
 pub fn repr(c: &ClusterRow) -> String {
@@ -422,188 +340,6 @@ async fn set_access_teams(tx: &mut Tx, cluster_id: i64, teams: &[i64]) -> Result
     Ok(())
 }
 
-fn staff_only(caller: &Caller) -> Result<(), ApiError> {
-    let me = &caller.user;
-    if me.is_staff {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
-}
-
-/// Create an HPC cluster.
-///
-/// Creates a new HPC cluster. Write access is restricted to staff users.
-#[endpoint(
-    operation_id = "allocations_clusters_create",
-    tags("Allocations - Clusters"),
-    request_body = ClusterRequestDoc,
-    responses((status_code = 201, description = "", body = ClusterDoc))
-)]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        staff_only(&caller)?;
-        let body = body::read(req).await?;
-        let (mut row, teams) = validate(&app.db, &body, false, None).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
-        let mut tx = app.db.begin().await?;
-        row.id = on_tx!(&mut tx, |c| sqlx::query_scalar(
-            "INSERT INTO allocations_cluster (name, description, enabled, access_mode) \
-             VALUES ($1, $2, $3, $4) RETURNING id"
-        )
-        .bind(&row.name)
-        .bind(&row.description)
-        .bind(row.enabled)
-        .bind(&row.access_mode)
-        .fetch_one(c)
-        .await)?;
-        set_access_teams(&mut tx, row.id, &teams.unwrap_or_default()).await?;
-        audit::record(
-            &mut tx,
-            &ctx,
-            CONTENT_TYPE,
-            row.id,
-            &repr(&row),
-            Action::Create,
-            audit::changes(None, Some(&snapshot(&row))),
-        )
-        .await?;
-        tx.commit().await?;
-        represent_one(&app.db, &row).await
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::CREATED, result);
-}
-
-async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<Value, ApiError> {
-    let (app, caller) = context(depot)?;
-    staff_only(&caller)?;
-    let current = found(&app.db, path_id(req)?).await?;
-    let body = body::read(req).await?;
-    let (after, teams) = validate(&app.db, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
-    let mut tx = app.db.begin().await?;
-    on_tx!(&mut tx, |c| sqlx::query(
-        "UPDATE allocations_cluster SET name = $1, description = $2, enabled = $3, \
-         access_mode = $4 WHERE id = $5"
-    )
-    .bind(&after.name)
-    .bind(&after.description)
-    .bind(after.enabled)
-    .bind(&after.access_mode)
-    .bind(after.id)
-    .execute(c)
-    .await
-    .map(|_| ()))?;
-    if let Some(teams) = teams {
-        set_access_teams(&mut tx, after.id, &teams).await?;
-    }
-    audit::record(
-        &mut tx,
-        &ctx,
-        CONTENT_TYPE,
-        after.id,
-        &repr(&after),
-        Action::Update,
-        audit::changes(Some(&snapshot(&current)), Some(&snapshot(&after))),
-    )
-    .await?;
-    tx.commit().await?;
-    represent_one(&app.db, &after).await
-}
-
-/// Update an HPC cluster.
-///
-/// Replaces an existing HPC cluster with new values. Write access is restricted to staff
-/// users.
-#[endpoint(
-    operation_id = "allocations_clusters_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this cluster.")),
-    tags("Allocations - Clusters"),
-    request_body = ClusterRequestDoc,
-    responses((status_code = 200, description = "", body = ClusterDoc))
-)]
-pub async fn put(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, false).await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-/// Partially update an HPC cluster.
-///
-/// Partially updates an existing HPC cluster with new values. Write access is restricted to
-/// staff users.
-#[endpoint(
-    operation_id = "allocations_clusters_partial_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this cluster.")),
-    tags("Allocations - Clusters"),
-    request_body = PatchedClusterRequestDoc,
-    responses((status_code = 200, description = "", body = ClusterDoc))
-)]
-pub async fn patch(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, true).await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-/// Delete an HPC cluster.
-///
-/// Deletes an HPC cluster by ID. Write access is restricted to staff users. Refused with 409
-/// while resource allocations reference the cluster.
-#[endpoint(
-    operation_id = "allocations_clusters_destroy",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this cluster.")),
-    tags("Allocations - Clusters"),
-    responses((status_code = 204, description = "No response body"))
-)]
-pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result: Result<(), ApiError> = async {
-        let (app, caller) = context(depot)?;
-        staff_only(&caller)?;
-        let c = found(&app.db, path_id(req)?).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
-        let mut tx = app.db.begin().await?;
-        // Checked inside the transaction so a concurrent allocation cannot slip in between
-        // the check and the delete unnoticed (the foreign key would refuse it anyway).
-        let used: i64 = on_tx!(&mut tx, |conn| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM allocations_resourceallocation WHERE cluster_id = $1"
-        )
-        .bind(c.id)
-        .fetch_one(conn)
-        .await)?;
-        if used > 0 {
-            return Err(blocked());
-        }
-        audit::record(
-            &mut tx,
-            &ctx,
-            CONTENT_TYPE,
-            c.id,
-            &repr(&c),
-            Action::Delete,
-            audit::changes(Some(&snapshot(&c)), None),
-        )
-        .await?;
-        let deleted = on_tx!(&mut tx, |conn| sqlx::query(
-            "DELETE FROM allocations_cluster WHERE id = $1"
-        )
-        .bind(c.id)
-        .execute(conn)
-        .await
-        .map(|_| ()));
-        match deleted {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                return Err(blocked());
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-    .await;
-    crate::web::api::no_content(res, result);
-}
-
 fn blocked() -> ApiError {
     ApiError::Conflict(
         "Cannot delete some instances of model 'Cluster' because they are referenced through \
@@ -612,21 +348,133 @@ fn blocked() -> ApiError {
     )
 }
 
+/// The cluster resource.
+pub struct Clusters;
+
+crate::document_resource!(Clusters);
+
+impl Resource for Clusters {
+    type Row = ClusterRow;
+    type Repr = Cluster;
+    /// The new access list, when the body names one.
+    type Extra = Option<Vec<i64>>;
+
+    const PATH: &'static str = "allocations/clusters/";
+    const TABLE: &'static str = "allocations_cluster";
+    const CONTENT_TYPE: &'static str = CONTENT_TYPE;
+    const MODEL: &'static str = MODEL;
+    const FIELDS: &'static [Field<ClusterRow>] = &FIELDS;
+    const SPEC: ListSpec = SPEC;
+    const POLICY: Policy = Policy::STAFF_WRITES;
+    const DOCS: Docs = Docs {
+        tag: "Allocations - Clusters",
+        id: "A unique integer value identifying this cluster.",
+        list_name: "Cluster List",
+        item_name: "Cluster Instance",
+        list: (
+            "List HPC clusters.",
+            "Returns a list of HPC clusters. Non-staff users are only returned clusters \
+             accessible based on each cluster's access mode (open, whitelist, or blacklist) \
+             and the user's team memberships. Staff users are returned all clusters.",
+        ),
+        retrieve: (
+            "Retrieve an HPC cluster.",
+            "Returns a single HPC cluster by ID. Read access is granted to all users \
+             regardless of the cluster access policy.",
+        ),
+        create: (
+            "Create an HPC cluster.",
+            "Creates a new HPC cluster. Write access is restricted to staff users.",
+        ),
+        update: (
+            "Update an HPC cluster.",
+            "Replaces an existing HPC cluster with new values. Write access is restricted to \
+             staff users.",
+        ),
+        partial_update: (
+            "Partially update an HPC cluster.",
+            "Partially updates an existing HPC cluster with new values. Write access is \
+             restricted to staff users.",
+        ),
+        destroy: (
+            "Delete an HPC cluster.",
+            "Deletes an HPC cluster by ID. Write access is restricted to staff users. Refused \
+             with 409 while resource allocations reference the cluster.",
+        ),
+    };
+
+    fn id(row: &ClusterRow) -> i64 {
+        row.id
+    }
+
+    fn set_id(row: &mut ClusterRow, id: i64) {
+        row.id = id;
+    }
+
+    fn repr<'a>(_tx: &'a mut Tx, row: &'a ClusterRow) -> Fut<'a, String> {
+        Box::pin(async move { Ok(repr(row)) })
+    }
+
+    fn validate<'a>(
+        db: &'a Db,
+        _caller: &'a Caller,
+        body: &'a Body,
+        partial: bool,
+        current: Option<&'a ClusterRow>,
+    ) -> Fut<'a, (ClusterRow, Self::Extra)> {
+        Box::pin(validate(db, body, partial, current))
+    }
+
+    fn represent<'a>(db: &'a Db, rows: &'a [ClusterRow]) -> Fut<'a, Vec<Cluster>> {
+        Box::pin(represent(db, rows))
+    }
+
+    fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
+        scope(q, caller)
+    }
+
+    fn after_write<'a>(
+        tx: &'a mut Tx,
+        row: &'a ClusterRow,
+        teams: Self::Extra,
+        _action: Action,
+    ) -> Fut<'a, ()> {
+        Box::pin(async move {
+            match teams {
+                Some(teams) => set_access_teams(tx, row.id, &teams).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Checked inside the transaction so a concurrent allocation cannot slip in between
+    /// the check and the delete unnoticed (the foreign key would refuse it anyway).
+    fn before_delete<'a>(tx: &'a mut Tx, row: &'a ClusterRow) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let used: i64 = on_tx!(tx, |conn| sqlx::query_scalar(
+                "SELECT COUNT(*) FROM allocations_resourceallocation WHERE cluster_id = $1"
+            )
+            .bind(row.id)
+            .fetch_one(conn)
+            .await)?;
+            if used > 0 { Err(blocked()) } else { Ok(()) }
+        })
+    }
+
+    fn still_referenced() -> Option<ApiError> {
+        Some(blocked())
+    }
+
+    fn request_body(components: &mut Components, patch: bool) -> Option<RefOr<Schema>> {
+        Some(if patch {
+            PatchedClusterRequestDoc::to_schema(components)
+        } else {
+            ClusterRequestDoc::to_schema(components)
+        })
+    }
+}
+
 /// The routes of this resource.
 pub fn routes() -> crate::web::route::Routes {
-    crate::web::route::Routes::new()
-        .push(crate::web::api::collection!(
-            "allocations/clusters/",
-            list,
-            create,
-            "Cluster List"
-        ))
-        .push(crate::web::api::item!(
-            "allocations/clusters/{id}/",
-            retrieve,
-            put,
-            patch,
-            destroy,
-            "Cluster Instance"
-        ))
+    resource::routes::<Clusters>()
 }

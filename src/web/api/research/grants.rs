@@ -3,37 +3,46 @@
 
 use super::values::{self, amount_text_sql, render_cents};
 use super::{check_body_team, check_record_team, team_exists, team_scope};
-use crate::on_tx;
-use crate::store::Db;
 use crate::store::audit::{self, Action, Snapshot};
+use crate::store::{Db, Tx};
 use crate::web::ApiError;
+use crate::web::api::body::Body;
 use crate::web::api::fields::{Text, Validator};
-use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search, search_via};
-use crate::web::api::{Caller, body, context, path_id, summaries};
+use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
+use crate::web::api::resource::{self, Docs, Field, Fut, Policy, Resource, Val, Who};
+use crate::web::api::users::{AuditLogSummaryDoc, TeamSummaryDoc};
+use crate::web::api::{Caller, summaries};
 use chrono::NaiveDate;
-use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
-use salvo::prelude::*;
-use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
+use sea_query::SelectStatement;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "research_products | Grant";
 const MODEL: &str = "Grant";
 pub const TABLE: &str = "research_products_grant";
 
-pub const COLUMNS: &[Column] = &[
-    Column::new("id", Kind::Int),
-    Column::new("title", Kind::Text),
-    Column::new("agency", Kind::Text),
-    Column::new("pi", Kind::Text),
-    Column::new("amount", Kind::Decimal),
-    Column::new("grant_number", Kind::Text),
-    Column::new("start_date", Kind::Date),
-    Column::new("end_date", Kind::Date),
-    Column::new("description", Kind::Text),
-    Column::new("team", Kind::Fk("users_team")),
+const FIELDS: [Field<GrantRow>; 10] = [
+    Field::id(|g| Val::Int(g.id)),
+    Field::new("title", Kind::Text, |g| Val::Text(g.title.clone())),
+    Field::new("agency", Kind::Text, |g| Val::Text(g.agency.clone())),
+    Field::new("pi", Kind::Text, |g| Val::OptText(g.pi.clone())),
+    Field::new("amount", Kind::Decimal, |g: &GrantRow| {
+        Val::Decimal(g.amount.clone())
+    })
+    .selected_as(amount_text_sql),
+    Field::new("grant_number", Kind::Text, |g| {
+        Val::OptText(g.grant_number.clone())
+    }),
+    Field::new("start_date", Kind::Date, |g| Val::Date(Some(g.start_date))),
+    Field::new("end_date", Kind::Date, |g| Val::Date(g.end_date)),
+    Field::new("description", Kind::Text, |g| {
+        Val::OptText(g.description.clone())
+    }),
+    Field::new("team", Kind::Fk("users_team"), |g| Val::Int(g.team_id)),
 ];
+
+pub const COLUMNS: &[Column] = &resource::columns(&FIELDS);
 
 pub const SPEC: ListSpec = ListSpec {
     table: TABLE,
@@ -47,12 +56,16 @@ pub const SPEC: ListSpec = ListSpec {
     ],
 };
 
+// A grant as the API renders and documents it (a doc comment here would become the
+// schema's description).
 #[derive(Serialize, ToSchema)]
 #[salvo(schema(name = "Grant"))]
-pub struct GrantDoc {
+pub struct Grant {
     pub id: i64,
-    pub _team: crate::web::api::users::TeamSummaryDoc,
-    pub _history: Vec<crate::web::api::users::AuditLogSummaryDoc>,
+    #[salvo(schema(value_type = TeamSummaryDoc))]
+    pub _team: Value,
+    #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
+    pub _history: Vec<Value>,
     pub title: String,
     pub agency: String,
     pub pi: Option<String>,
@@ -63,15 +76,6 @@ pub struct GrantDoc {
     pub end_date: Option<String>,
     pub description: Option<String>,
     pub team: i64,
-}
-
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PaginatedGrantList"))]
-pub struct GrantPage {
-    pub count: i64,
-    pub next: Option<String>,
-    pub previous: Option<String>,
-    pub results: Vec<GrantDoc>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -97,149 +101,33 @@ pub const SELECT_BY_TEAM_SQLITE: &str = "SELECT id, title, agency, pi, printf('%
      grant_number, start_date, end_date, description, team_id FROM research_products_grant \
      WHERE team_id = $1 ORDER BY id";
 
-fn select(db: &Db) -> SelectStatement {
-    let mut q = Query::select();
-    q.columns(["id", "title", "agency", "pi"].map(Alias::new))
-        .expr_as(
-            Expr::cust(amount_text_sql(db.engine())),
-            Alias::new("amount"),
-        )
-        .columns(
-            [
-                "grant_number",
-                "start_date",
-                "end_date",
-                "description",
-                "team_id",
-            ]
-            .map(Alias::new),
-        )
-        .from(Alias::new(TABLE));
-    q
-}
-
-/// Grants by id, in the order of `ids` (one query).
-async fn load(db: &Db, ids: &[i64]) -> Result<Vec<GrantRow>, ApiError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut q = select(db);
-    q.and_where(Expr::col(Alias::new("id")).is_in(ids.to_vec()));
-    let mut rows: Vec<GrantRow> = crate::store::fetch_all(db, &q).await?;
-    rows.sort_by_key(|r| ids.iter().position(|i| *i == r.id));
-    Ok(rows)
-}
-
-fn date_text(d: &Option<NaiveDate>) -> Value {
-    d.map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
-        .unwrap_or(Value::Null)
-}
-
 /// Representations of a page: teams and history in two queries whatever the page size.
-pub async fn represent(db: &Db, rows: &[GrantRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, rows: &[GrantRow]) -> Result<Vec<Grant>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|g| g.id).collect();
     let team_ids: Vec<i64> = rows.iter().map(|g| g.team_id).collect();
     let teams = summaries::teams_by_id(db, &team_ids).await?;
     let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
-        .map(|g| {
-            json!({
-                "id": g.id,
-                "_team": teams.get(&g.team_id).cloned().unwrap_or(Value::Null),
-                "_history": history.remove(&g.id).unwrap_or_default(),
-                "title": g.title,
-                "agency": g.agency,
-                "pi": g.pi,
-                "amount": g.amount,
-                "grant_number": g.grant_number,
-                "start_date": g.start_date.format("%Y-%m-%d").to_string(),
-                "end_date": date_text(&g.end_date),
-                "description": g.description,
-                "team": g.team_id,
-            })
+        .map(|g| Grant {
+            id: g.id,
+            _team: teams.get(&g.team_id).cloned().unwrap_or(Value::Null),
+            _history: history.remove(&g.id).unwrap_or_default(),
+            title: g.title.clone(),
+            agency: g.agency.clone(),
+            pi: g.pi.clone(),
+            amount: g.amount.clone(),
+            grant_number: g.grant_number.clone(),
+            start_date: g.start_date.format("%Y-%m-%d").to_string(),
+            end_date: g.end_date.map(|d| d.format("%Y-%m-%d").to_string()),
+            description: g.description.clone(),
+            team: g.team_id,
         })
         .collect())
 }
 
-async fn represent_one(db: &Db, g: &GrantRow) -> Result<Value, ApiError> {
-    Ok(represent(db, std::slice::from_ref(g))
-        .await?
-        .pop()
-        .unwrap_or(Value::Null))
-}
-
-/// List funding grants.
-///
-/// Returns a list of funding grants. Non-staff users are only returned grants for teams
-/// where they hold membership. Staff users are returned all grants.
-#[endpoint(
-    operation_id = "research_grants_list",
-    tags("Research - Grants"),
-    responses((status_code = 200, description = "", body = GrantPage))
-)]
-pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let scope = |q: &mut SelectStatement| team_scope(q, &caller);
-        let (ids, page) =
-            listing::page::<(i64,)>(req, &app.db, app.config.timezone(), &SPEC, &["id"], &scope)
-                .await?;
-        let ids: Vec<i64> = ids.into_iter().map(|(id,)| id).collect();
-        let rows = load(&app.db, &ids).await?;
-        Ok(page.envelope(represent(&app.db, &rows).await?))
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-async fn by_id(db: &Db, id: i64) -> Result<GrantRow, ApiError> {
-    load(db, &[id])
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::no_match(MODEL))
-}
-
-/// An item the caller may act on: 404 when missing, 403 outside the caller's teams.
-async fn accessible(db: &Db, caller: &Caller, id: i64) -> Result<GrantRow, ApiError> {
-    let g = by_id(db, id).await?;
-    check_record_team(db, caller, g.team_id).await?;
-    Ok(g)
-}
-
-/// Retrieve a funding grant.
-///
-/// Returns a single funding grant by ID. Non-staff users can only retrieve grants for teams
-/// where they hold membership.
-#[endpoint(
-    operation_id = "research_grants_retrieve",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this grant.")),
-    tags("Research - Grants"),
-    responses((status_code = 200, description = "", body = GrantDoc))
-)]
-pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let g = accessible(&app.db, &caller, path_id(req)?).await?;
-        represent_one(&app.db, &g).await
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
 pub fn snapshot(g: &GrantRow) -> Snapshot {
-    vec![
-        ("id", audit::int(g.id)),
-        ("title", Some(g.title.clone())),
-        ("agency", Some(g.agency.clone())),
-        ("pi", g.pi.clone()),
-        ("amount", Some(g.amount.clone())),
-        ("grant_number", g.grant_number.clone()),
-        ("start_date", audit::date(&Some(g.start_date))),
-        ("end_date", audit::date(&g.end_date)),
-        ("description", g.description.clone()),
-        ("team", audit::int(g.team_id)),
-    ]
+    Grants::snapshot(g)
 }
 
 pub fn repr(g: &GrantRow) -> String {
@@ -250,7 +138,7 @@ pub fn repr(g: &GrantRow) -> String {
 /// field must be present; omitted optional fields keep their stored values.
 async fn validate(
     db: &Db,
-    body: &body::Body,
+    body: &Body,
     partial: bool,
     current: Option<&GrantRow>,
 ) -> Result<GrantRow, ApiError> {
@@ -306,155 +194,106 @@ async fn validate(
     })
 }
 
-/// Create a funding grant.
-///
-/// Creates a new funding grant. Write access is granted to staff users and members of the
-/// target team.
-#[endpoint(
-    operation_id = "research_grants_create",
-    tags("Research - Grants"),
-    responses((status_code = 201, description = "", body = GrantDoc))
-)]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let body = body::read(req).await?;
-        check_body_team(&app.db, &caller, &body).await?;
-        let mut row = validate(&app.db, &body, false, None).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
-        let mut tx = app.db.begin().await?;
-        row.id = on_tx!(&mut tx, |c| sqlx::query_scalar(
-            "INSERT INTO research_products_grant (title, agency, pi, amount, grant_number, \
-             start_date, end_date, description, team_id) \
-             VALUES ($1, $2, $3, CAST($4 AS NUMERIC), $5, $6, $7, $8, $9) RETURNING id"
-        )
-        .bind(&row.title)
-        .bind(&row.agency)
-        .bind(&row.pi)
-        .bind(&row.amount)
-        .bind(&row.grant_number)
-        .bind(row.start_date)
-        .bind(row.end_date)
-        .bind(&row.description)
-        .bind(row.team_id)
-        .fetch_one(c)
-        .await)?;
-        audit::record(
-            &mut tx,
-            &ctx,
-            CONTENT_TYPE,
-            row.id,
-            &repr(&row),
-            Action::Create,
-            audit::changes(None, Some(&snapshot(&row))),
-        )
-        .await?;
-        tx.commit().await?;
-        represent_one(&app.db, &row).await
+/// The grant resource.
+pub struct Grants;
+
+crate::document_resource!(Grants);
+
+impl Resource for Grants {
+    type Row = GrantRow;
+    type Repr = Grant;
+    type Extra = ();
+
+    const PATH: &'static str = "research/grants/";
+    const TABLE: &'static str = TABLE;
+    const CONTENT_TYPE: &'static str = CONTENT_TYPE;
+    const MODEL: &'static str = MODEL;
+    const FIELDS: &'static [Field<GrantRow>] = &FIELDS;
+    const SPEC: ListSpec = SPEC;
+    /// Staff, or members of the body's team (view level) and of the record's team.
+    const POLICY: Policy = Policy {
+        create: Who::Anyone,
+        change: Who::Anyone,
+        delete: Who::Anyone,
+        body_first: true,
+    };
+    const DOCS: Docs = Docs {
+        tag: "Research - Grants",
+        id: "A unique integer value identifying this grant.",
+        list_name: "Grant List",
+        item_name: "Grant Instance",
+        list: (
+            "List funding grants.",
+            "Returns a list of funding grants. Non-staff users are only returned grants for \
+             teams where they hold membership. Staff users are returned all grants.",
+        ),
+        retrieve: (
+            "Retrieve a funding grant.",
+            "Returns a single funding grant by ID. Non-staff users can only retrieve grants \
+             for teams where they hold membership.",
+        ),
+        create: (
+            "Create a funding grant.",
+            "Creates a new funding grant. Write access is granted to staff users and members \
+             of the target team.",
+        ),
+        update: (
+            "Update a funding grant.",
+            "Replaces an existing funding grant with new values. Write access is granted to \
+             staff users and members of the target team.",
+        ),
+        partial_update: (
+            "Partially update a funding grant.",
+            "Partially updates an existing funding grant with new values. Write access is \
+             granted to staff users and members of the target team.",
+        ),
+        destroy: (
+            "Delete a funding grant.",
+            "Deletes a funding grant by ID. Write access is granted to staff users and \
+             members of the target team.",
+        ),
+    };
+
+    fn id(row: &GrantRow) -> i64 {
+        row.id
     }
-    .await;
-    crate::web::api::respond(res, StatusCode::CREATED, result);
-}
 
-async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<Value, ApiError> {
-    let (app, caller) = context(depot)?;
-    let body = body::read(req).await?;
-    check_body_team(&app.db, &caller, &body).await?;
-    let current = accessible(&app.db, &caller, path_id(req)?).await?;
-    let after = validate(&app.db, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
-    let mut tx = app.db.begin().await?;
-    on_tx!(&mut tx, |c| sqlx::query(
-        "UPDATE research_products_grant SET title = $1, agency = $2, pi = $3, \
-         amount = CAST($4 AS NUMERIC), grant_number = $5, start_date = $6, end_date = $7, \
-         description = $8, team_id = $9 WHERE id = $10"
-    )
-    .bind(&after.title)
-    .bind(&after.agency)
-    .bind(&after.pi)
-    .bind(&after.amount)
-    .bind(&after.grant_number)
-    .bind(after.start_date)
-    .bind(after.end_date)
-    .bind(&after.description)
-    .bind(after.team_id)
-    .bind(after.id)
-    .execute(c)
-    .await
-    .map(|_| ()))?;
-    audit::record(
-        &mut tx,
-        &ctx,
-        CONTENT_TYPE,
-        after.id,
-        &repr(&after),
-        Action::Update,
-        audit::changes(Some(&snapshot(&current)), Some(&snapshot(&after))),
-    )
-    .await?;
-    tx.commit().await?;
-    represent_one(&app.db, &after).await
-}
-
-/// Update a funding grant.
-///
-/// Replaces an existing funding grant with new values. Write access is granted to staff
-/// users and members of the target team.
-#[endpoint(
-    operation_id = "research_grants_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this grant.")),
-    tags("Research - Grants"),
-    responses((status_code = 200, description = "", body = GrantDoc))
-)]
-pub async fn put(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, false).await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-/// Partially update a funding grant.
-///
-/// Partially updates an existing funding grant with new values. Write access is granted to
-/// staff users and members of the target team.
-#[endpoint(
-    operation_id = "research_grants_partial_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this grant.")),
-    tags("Research - Grants"),
-    responses((status_code = 200, description = "", body = GrantDoc))
-)]
-pub async fn patch(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, true).await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-/// Delete a funding grant.
-///
-/// Deletes a funding grant by ID. Write access is granted to staff users and members of the
-/// target team.
-#[endpoint(
-    operation_id = "research_grants_destroy",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this grant.")),
-    tags("Research - Grants"),
-    responses((status_code = 204, description = "No response body"))
-)]
-pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result: Result<(), ApiError> = async {
-        let (app, caller) = context(depot)?;
-        let body = body::read(req).await?;
-        check_body_team(&app.db, &caller, &body).await?;
-        let g = accessible(&app.db, &caller, path_id(req)?).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
-        audit::delete_audited(
-            &app.db,
-            &ctx,
-            CONTENT_TYPE,
-            "research_products_grant",
-            g.id,
-            &repr(&g),
-            &snapshot(&g),
-        )
-        .await?;
-        Ok(())
+    fn set_id(row: &mut GrantRow, id: i64) {
+        row.id = id;
     }
-    .await;
-    crate::web::api::no_content(res, result);
+
+    fn repr<'a>(_tx: &'a mut Tx, row: &'a GrantRow) -> Fut<'a, String> {
+        Box::pin(async move { Ok(repr(row)) })
+    }
+
+    fn validate<'a>(
+        db: &'a Db,
+        _caller: &'a Caller,
+        body: &'a Body,
+        partial: bool,
+        current: Option<&'a GrantRow>,
+    ) -> Fut<'a, (GrantRow, ())> {
+        Box::pin(async move { Ok((validate(db, body, partial, current).await?, ())) })
+    }
+
+    fn represent<'a>(db: &'a Db, rows: &'a [GrantRow]) -> Fut<'a, Vec<Grant>> {
+        Box::pin(represent(db, rows))
+    }
+
+    fn scope(q: &mut SelectStatement, caller: &Caller) {
+        team_scope(q, caller)
+    }
+
+    fn check_body<'a>(
+        db: &'a Db,
+        caller: &'a Caller,
+        body: &'a Body,
+        _action: Action,
+    ) -> Fut<'a, ()> {
+        Box::pin(check_body_team(db, caller, body))
+    }
+
+    fn check_record<'a>(db: &'a Db, caller: &'a Caller, row: &'a GrantRow) -> Fut<'a, ()> {
+        Box::pin(check_record_team(db, caller, row.team_id))
+    }
 }

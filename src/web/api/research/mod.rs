@@ -17,20 +17,7 @@ use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
 /// The routes of this family.
 pub fn routes() -> crate::web::route::Routes {
     crate::web::route::Routes::new()
-        .push(super::collection!(
-            "research/grants/",
-            grants::list,
-            grants::create,
-            "Grant List"
-        ))
-        .push(super::item!(
-            "research/grants/{id}/",
-            grants::retrieve,
-            grants::put,
-            grants::patch,
-            grants::destroy,
-            "Grant Instance"
-        ))
+        .push(super::resource::routes::<grants::Grants>())
         .push(super::collection!(
             "research/publications/",
             publications::list,

@@ -1,0 +1,804 @@
+//! Declared resources: a resource states once what it stores (its fields, with their list
+//! kinds and whether a write sets them), how it is represented (one `Serialize + ToSchema`
+//! type that both renders and documents the responses), who may do what, and hooks for what
+//! is truly its own (cascades, side tables, extra rules). The generic handlers here serve
+//! list, retrieve, create, update, partial update and destroy with the audit entry written
+//! in the same transaction as the change, and document each operation in the OpenAPI
+//! document under the resource's operation ids, tags and texts.
+//!
+//! The order of checks is the same for every resource (domain.md §1.3): the staff gate of
+//! the method, then, when the policy reads the body first, the body and its view-level
+//! rule, then the record (404) and its object-level rule (403), then (body last) the body
+//! and its rule, then validation (400).
+
+use crate::config::Engine;
+use crate::store::audit::{self, Action, Snapshot};
+use crate::store::{Db, DbError, Tx};
+use crate::web::ApiError;
+use crate::web::api::body::{self, Body};
+use crate::web::api::list::{self as listing, Column, Kind, ListSpec};
+use crate::web::api::{Caller, context, path_id};
+use chrono::{DateTime, NaiveDate, Utc};
+use salvo::http::StatusCode;
+use salvo::oapi::{
+    Components, Content, Endpoint as Documented, Object, Operation, Parameter, ParameterIn, RefOr,
+    RequestBody, Required, Response as DocResponse, Schema, ToSchema,
+};
+use salvo::prelude::*;
+use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
+use serde::Serialize;
+use std::future::Future;
+use std::marker::PhantomData;
+
+/// Whether a write sets a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Never written by the API (the id).
+    Never,
+    /// Set on create only (creation times).
+    Create,
+    /// Set on create and on every update.
+    Always,
+}
+
+/// A stored field's value: how it is bound in a write and how the audit trail renders it.
+#[derive(Debug, Clone)]
+pub enum Val {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(String),
+    OptText(Option<String>),
+    Bool(bool),
+    Date(Option<NaiveDate>),
+    DateTime(DateTime<Utc>),
+    /// Two-decimal text, stored as a NUMERIC.
+    Decimal(String),
+}
+
+impl Val {
+    /// The audit trail's text of the value (`None` = null).
+    pub fn audit(&self) -> Option<String> {
+        match self {
+            Val::Int(n) => audit::int(*n),
+            Val::OptInt(n) => audit::opt_int(*n),
+            Val::Text(s) => Some(s.clone()),
+            Val::OptText(s) => s.clone(),
+            Val::Bool(b) => audit::boolean(*b),
+            Val::Date(d) => audit::date(d),
+            Val::DateTime(dt) => audit::datetime(dt),
+            Val::Decimal(s) => Some(s.clone()),
+        }
+    }
+
+    fn expr(&self) -> Expr {
+        match self {
+            Val::Int(n) => Expr::val(*n),
+            Val::OptInt(n) => Expr::val(*n),
+            Val::Text(s) => Expr::val(s.clone()),
+            Val::OptText(s) => Expr::val(s.clone()),
+            Val::Bool(b) => Expr::val(*b),
+            Val::Date(d) => Expr::val(*d),
+            Val::DateTime(dt) => Expr::val(*dt),
+            Val::Decimal(s) => Expr::val(s.clone()).cast_as(Alias::new("NUMERIC")),
+        }
+    }
+}
+
+/// One stored field of a resource: its list column (name, kind; foreign keys are stored as
+/// `<name>_id`), whether writes set it, how its value is read from a row, and, for values
+/// the table does not hold in their rendered form, the SQL that selects them.
+pub struct Field<R> {
+    pub column: Column,
+    pub write: Write,
+    pub get: fn(&R) -> Val,
+    pub select: Option<fn(Engine) -> &'static str>,
+}
+
+impl<R> Field<R> {
+    /// A field set on create and update.
+    pub const fn new(name: &'static str, kind: Kind, get: fn(&R) -> Val) -> Self {
+        Field {
+            column: Column::new(name, kind),
+            write: Write::Always,
+            get,
+            select: None,
+        }
+    }
+
+    /// The primary key: listed and audited, never written.
+    pub const fn id(get: fn(&R) -> Val) -> Self {
+        Field {
+            column: Column::new("id", Kind::Int),
+            write: Write::Never,
+            get,
+            select: None,
+        }
+    }
+
+    pub const fn write(mut self, write: Write) -> Self {
+        self.write = write;
+        self
+    }
+
+    /// Selected through an SQL expression (aliased to the field's column).
+    pub const fn selected_as(mut self, sql: fn(Engine) -> &'static str) -> Self {
+        self.select = Some(sql);
+        self
+    }
+}
+
+/// The list columns of a field declaration, for the resource's `ListSpec`.
+pub const fn columns<R, const N: usize>(fields: &[Field<R>; N]) -> [Column; N] {
+    let mut out = [Column::new("", Kind::Int); N];
+    let mut i = 0;
+    while i < N {
+        out[i] = fields[i].column;
+        i += 1;
+    }
+    out
+}
+
+/// Who may use a method at all (finer rules are the resource's `check_*` hooks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// Any authenticated caller.
+    Anyone,
+    /// Staff only (403 for everyone else, before anything else is looked at).
+    Staff,
+}
+
+/// The access rules of a resource, as data.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub create: Who,
+    pub change: Who,
+    pub delete: Who,
+    /// Whether item writes read the body and run `check_body` before looking up the record
+    /// (a view-level permission that inspects the body: research records). Destroy then reads
+    /// the body too. Otherwise the record comes first and destroy reads no body.
+    pub body_first: bool,
+}
+
+impl Policy {
+    /// Everyone authenticated may read; staff write.
+    pub const STAFF_WRITES: Policy = Policy {
+        create: Who::Staff,
+        change: Who::Staff,
+        delete: Who::Staff,
+        body_first: false,
+    };
+}
+
+/// The texts of one operation: summary and description (wrapped lines are joined).
+pub type Text = (&'static str, &'static str);
+
+/// What the OpenAPI document and the OPTIONS metadata say about a resource.
+pub struct Docs {
+    pub tag: &'static str,
+    /// The description of the `{id}` path parameter.
+    pub id: &'static str,
+    /// OPTIONS names of the collection and item routes ("Cluster List", "Cluster Instance").
+    pub list_name: &'static str,
+    pub item_name: &'static str,
+    pub list: Text,
+    pub retrieve: Text,
+    pub create: Text,
+    pub update: Text,
+    pub partial_update: Text,
+    pub destroy: Text,
+}
+
+pub type Fut<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
+
+/// A resource served by the generic handlers.
+pub trait Resource: Send + Sync + Sized + 'static {
+    /// A stored record, as `select` reads it.
+    type Row: Clone
+        + Send
+        + Sync
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>;
+    /// The representation: serialises the responses and documents them.
+    type Repr: Serialize + ToSchema + Send;
+    /// What validation returns beside the row, for `after_write` (side tables).
+    type Extra: Send + Sync;
+
+    /// Collection path without leading slash, e.g. `allocations/clusters/`; the item is
+    /// `<PATH>{id}/` and operation ids are `<path with _>_<action>`.
+    const PATH: &'static str;
+    const TABLE: &'static str;
+    /// Audit content type, e.g. `allocations | Cluster`.
+    const CONTENT_TYPE: &'static str;
+    /// Model name of the 404 message.
+    const MODEL: &'static str;
+    /// Stored fields, `id` first, in the audit trail's order.
+    const FIELDS: &'static [Field<Self::Row>];
+    /// Filters, ordering and search of the list.
+    const SPEC: ListSpec;
+    const POLICY: Policy;
+    const DOCS: Docs;
+
+    fn id(row: &Self::Row) -> i64;
+    fn set_id(row: &mut Self::Row, id: i64);
+
+    /// The audit trail's text of a record. Called inside the write's transaction.
+    fn repr<'a>(tx: &'a mut Tx, row: &'a Self::Row) -> Fut<'a, String>;
+
+    /// Validates a body against the stored record (`current`, `None` on create): the new
+    /// row (id of `current`, or 0) and the extras `after_write` applies.
+    fn validate<'a>(
+        db: &'a Db,
+        caller: &'a Caller,
+        body: &'a Body,
+        partial: bool,
+        current: Option<&'a Self::Row>,
+    ) -> Fut<'a, (Self::Row, Self::Extra)>;
+
+    /// Representations of some records, in their order (a constant number of queries).
+    fn represent<'a>(db: &'a Db, rows: &'a [Self::Row]) -> Fut<'a, Vec<Self::Repr>>;
+
+    /// Restricts the list to what the caller may see.
+    fn scope(_q: &mut SelectStatement, _caller: &Caller) {}
+
+    /// Object-level rule of every item method (403).
+    fn check_record<'a>(_db: &'a Db, _caller: &'a Caller, _row: &'a Self::Row) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// View-level rule on the body of a write (403), before validation.
+    fn check_body<'a>(
+        _db: &'a Db,
+        _caller: &'a Caller,
+        _body: &'a Body,
+        _action: Action,
+    ) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Runs in the write's transaction after the row is stored, before the audit entry.
+    fn after_write<'a>(
+        _tx: &'a mut Tx,
+        _row: &'a Self::Row,
+        _extra: Self::Extra,
+        _action: Action,
+    ) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Runs in the delete's transaction before the audit entry and the delete (refusals).
+    fn before_delete<'a>(_tx: &'a mut Tx, _row: &'a Self::Row) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The answer when the delete hits a foreign key (`None`: the database error).
+    fn still_referenced() -> Option<ApiError> {
+        None
+    }
+
+    /// The request body schemas (PUT/POST, PATCH) when the resource documents them as
+    /// types; otherwise the document takes them from `openapi::request_bodies`.
+    fn request_body(_components: &mut Components, _patch: bool) -> Option<RefOr<Schema>> {
+        None
+    }
+
+    /// The audit snapshot of a record: every field in declaration order.
+    fn snapshot(row: &Self::Row) -> Snapshot {
+        Self::FIELDS
+            .iter()
+            .map(|f| (f.column.name, (f.get)(row).audit()))
+            .collect()
+    }
+}
+
+/// `SELECT <fields> FROM <table>`.
+pub fn select<R: Resource>(engine: Engine) -> SelectStatement {
+    let mut q = Query::select();
+    for f in R::FIELDS {
+        let column = f.column.sql();
+        match f.select {
+            Some(sql) => q.expr_as(Expr::cust(sql(engine)), Alias::new(column)),
+            None => q.column(Alias::new(column)),
+        };
+    }
+    q.from(Alias::new(R::TABLE));
+    q
+}
+
+/// Records by id, in the order of `ids` (one query).
+pub async fn load<R: Resource>(db: &Db, ids: &[i64]) -> Result<Vec<R::Row>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = select::<R>(db.engine());
+    q.and_where(Expr::col(Alias::new("id")).is_in(ids.to_vec()));
+    let mut rows: Vec<R::Row> = crate::store::fetch_all(db, &q).await?;
+    rows.sort_by_key(|r| ids.iter().position(|i| *i == R::id(r)));
+    Ok(rows)
+}
+
+/// One record by id, if it exists.
+pub async fn by_id<R: Resource>(db: &Db, id: i64) -> Result<Option<R::Row>, ApiError> {
+    Ok(load::<R>(db, &[id]).await?.pop())
+}
+
+/// One record by id, or 404 with the model's message.
+pub async fn found<R: Resource>(db: &Db, id: i64) -> Result<R::Row, ApiError> {
+    by_id::<R>(db, id)
+        .await?
+        .ok_or_else(|| ApiError::no_match(R::MODEL))
+}
+
+async fn represent_one<R: Resource>(db: &Db, row: &R::Row) -> Result<R::Repr, ApiError> {
+    R::represent(db, std::slice::from_ref(row))
+        .await?
+        .pop()
+        .ok_or(ApiError::Internal)
+}
+
+fn gate(who: Who, caller: &Caller) -> Result<(), ApiError> {
+    match who {
+        Who::Staff if !caller.is_staff() => Err(ApiError::forbidden()),
+        _ => Ok(()),
+    }
+}
+
+/// Builds a write for the tx's backend and runs it: `(sql, values)` per backend.
+macro_rules! run_on_tx {
+    ($tx:expr, $q:expr, |$conn:ident, $sql:ident, $values:ident| $body:expr) => {{
+        use sea_query_sqlx::SqlxBinder;
+        let ($sql, $values) = match $tx.engine() {
+            Engine::Postgres => $q.build_sqlx(sea_query::PostgresQueryBuilder),
+            Engine::Sqlite => $q.build_sqlx(sea_query::SqliteQueryBuilder),
+        };
+        crate::on_tx!($tx, |$conn| $body)
+    }};
+}
+
+async fn insert<R: Resource>(tx: &mut Tx, row: &R::Row) -> Result<i64, DbError> {
+    let fields: Vec<&Field<R::Row>> = R::FIELDS
+        .iter()
+        .filter(|f| f.write != Write::Never)
+        .collect();
+    let mut q = Query::insert();
+    q.into_table(Alias::new(R::TABLE))
+        .columns(fields.iter().map(|f| Alias::new(f.column.sql())))
+        .values_panic(fields.iter().map(|f| (f.get)(row).expr()))
+        .returning_col(Alias::new("id"));
+    Ok(run_on_tx!(tx, q, |c, sql, values| {
+        sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
+            .fetch_one(c)
+            .await
+    })?)
+}
+
+async fn update_row<R: Resource>(tx: &mut Tx, row: &R::Row) -> Result<(), DbError> {
+    let mut q = Query::update();
+    q.table(Alias::new(R::TABLE))
+        .values(
+            R::FIELDS
+                .iter()
+                .filter(|f| f.write == Write::Always)
+                .map(|f| (Alias::new(f.column.sql()), (f.get)(row).expr())),
+        )
+        .and_where(Expr::col(Alias::new("id")).eq(R::id(row)));
+    run_on_tx!(tx, q, |c, sql, values| sqlx::query_with(
+        sqlx::AssertSqlSafe(sql),
+        values
+    )
+    .execute(c)
+    .await
+    .map(|_| ()))?;
+    Ok(())
+}
+
+async fn list<R: Resource>(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> Result<serde_json::Value, ApiError> {
+    let (app, caller) = context(depot)?;
+    let scope = |q: &mut SelectStatement| R::scope(q, &caller);
+    let tz = app.config.timezone();
+    let (rows, page) = if R::FIELDS.iter().any(|f| f.select.is_some()) {
+        // A computed column would shadow the stored one in ORDER BY: page the ids, then
+        // load the page.
+        let (ids, page) =
+            listing::page::<(i64,)>(req, &app.db, tz, &R::SPEC, &["id"], &scope).await?;
+        let ids: Vec<i64> = ids.into_iter().map(|(id,)| id).collect();
+        (load::<R>(&app.db, &ids).await?, page)
+    } else {
+        let base = select::<R>(app.db.engine());
+        listing::page_from::<R::Row>(req, &app.db, tz, &R::SPEC, base, &scope, &[]).await?
+    };
+    envelope::<R>(&app.db, &page, &rows).await
+}
+
+async fn envelope<R: Resource>(
+    db: &Db,
+    page: &listing::Page,
+    rows: &[R::Row],
+) -> Result<serde_json::Value, ApiError> {
+    let reprs = R::represent(db, rows).await?;
+    let results = reprs
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::Internal)?;
+    Ok(page.envelope(results))
+}
+
+/// The record of an item request the caller may act on: 404, then the object rule.
+async fn accessible<R: Resource>(
+    db: &Db,
+    caller: &Caller,
+    req: &Request,
+) -> Result<R::Row, ApiError> {
+    let row = found::<R>(db, path_id(req)?).await?;
+    R::check_record(db, caller, &row).await?;
+    Ok(row)
+}
+
+async fn retrieve<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
+    let (app, caller) = context(depot)?;
+    let row = accessible::<R>(&app.db, &caller, req).await?;
+    represent_one::<R>(&app.db, &row).await
+}
+
+async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
+    let (app, caller) = context(depot)?;
+    gate(R::POLICY.create, &caller)?;
+    let body = body::read(req).await?;
+    R::check_body(&app.db, &caller, &body, Action::Create).await?;
+    let (mut row, extra) = R::validate(&app.db, &caller, &body, false, None).await?;
+    let ctx = crate::web::api::users::audit_context(req, depot);
+    let mut tx = app.db.begin().await?;
+    let id = insert::<R>(&mut tx, &row).await?;
+    R::set_id(&mut row, id);
+    R::after_write(&mut tx, &row, extra, Action::Create).await?;
+    let text = R::repr(&mut tx, &row).await?;
+    audit::record(
+        &mut tx,
+        &ctx,
+        R::CONTENT_TYPE,
+        id,
+        &text,
+        Action::Create,
+        audit::changes(None, Some(&R::snapshot(&row))),
+    )
+    .await?;
+    tx.commit().await?;
+    represent_one::<R>(&app.db, &row).await
+}
+
+async fn update<R: Resource>(
+    req: &mut Request,
+    depot: &mut Depot,
+    partial: bool,
+) -> Result<R::Repr, ApiError> {
+    let (app, caller) = context(depot)?;
+    gate(R::POLICY.change, &caller)?;
+    let (current, body) = if R::POLICY.body_first {
+        let body = body::read(req).await?;
+        R::check_body(&app.db, &caller, &body, Action::Update).await?;
+        (accessible::<R>(&app.db, &caller, req).await?, body)
+    } else {
+        let current = accessible::<R>(&app.db, &caller, req).await?;
+        let body = body::read(req).await?;
+        R::check_body(&app.db, &caller, &body, Action::Update).await?;
+        (current, body)
+    };
+    let (after, extra) = R::validate(&app.db, &caller, &body, partial, Some(&current)).await?;
+    let ctx = crate::web::api::users::audit_context(req, depot);
+    let mut tx = app.db.begin().await?;
+    update_row::<R>(&mut tx, &after).await?;
+    R::after_write(&mut tx, &after, extra, Action::Update).await?;
+    let text = R::repr(&mut tx, &after).await?;
+    audit::record(
+        &mut tx,
+        &ctx,
+        R::CONTENT_TYPE,
+        R::id(&after),
+        &text,
+        Action::Update,
+        audit::changes(Some(&R::snapshot(&current)), Some(&R::snapshot(&after))),
+    )
+    .await?;
+    tx.commit().await?;
+    represent_one::<R>(&app.db, &after).await
+}
+
+async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<(), ApiError> {
+    let (app, caller) = context(depot)?;
+    gate(R::POLICY.delete, &caller)?;
+    if R::POLICY.body_first {
+        let body = body::read(req).await?;
+        R::check_body(&app.db, &caller, &body, Action::Delete).await?;
+    }
+    let row = accessible::<R>(&app.db, &caller, req).await?;
+    let ctx = crate::web::api::users::audit_context(req, depot);
+    let mut tx = app.db.begin().await?;
+    R::before_delete(&mut tx, &row).await?;
+    let text = R::repr(&mut tx, &row).await?;
+    audit::record(
+        &mut tx,
+        &ctx,
+        R::CONTENT_TYPE,
+        R::id(&row),
+        &text,
+        Action::Delete,
+        audit::changes(Some(&R::snapshot(&row)), None),
+    )
+    .await?;
+    let sql = format!("DELETE FROM {} WHERE id = $1", R::TABLE);
+    let id = R::id(&row);
+    let deleted = crate::on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|_| ()));
+    match deleted {
+        Ok(()) => {}
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            return Err(R::still_referenced().unwrap_or_else(|| sqlx::Error::Database(e).into()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The six operations of a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    List,
+    Retrieve,
+    Create,
+    Update,
+    PartialUpdate,
+    Destroy,
+}
+
+impl Op {
+    fn suffix(self) -> &'static str {
+        match self {
+            Op::List => "list",
+            Op::Retrieve => "retrieve",
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::PartialUpdate => "partial_update",
+            Op::Destroy => "destroy",
+        }
+    }
+}
+
+/// The salvo handler of one operation of resource `R`.
+pub struct Handle<R, const OP: u8>(PhantomData<fn() -> R>);
+
+const LIST: u8 = 0;
+const RETRIEVE: u8 = 1;
+const CREATE: u8 = 2;
+const UPDATE: u8 = 3;
+const PARTIAL_UPDATE: u8 = 4;
+const DESTROY: u8 = 5;
+
+pub type List<R> = Handle<R, LIST>;
+pub type Retrieve<R> = Handle<R, RETRIEVE>;
+pub type Create<R> = Handle<R, CREATE>;
+pub type Update<R> = Handle<R, UPDATE>;
+pub type PartialUpdate<R> = Handle<R, PARTIAL_UPDATE>;
+pub type Destroy<R> = Handle<R, DESTROY>;
+
+impl<R, const OP: u8> Handle<R, OP> {
+    pub const fn new() -> Self {
+        Handle(PhantomData)
+    }
+
+    const fn op() -> Op {
+        match OP {
+            LIST => Op::List,
+            RETRIEVE => Op::Retrieve,
+            CREATE => Op::Create,
+            UPDATE => Op::Update,
+            PARTIAL_UPDATE => Op::PartialUpdate,
+            _ => Op::Destroy,
+        }
+    }
+}
+
+impl<R, const OP: u8> Default for Handle<R, OP> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl<R: Resource, const OP: u8> Handler for Handle<R, OP> {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        match Self::op() {
+            Op::List => crate::web::api::respond(res, StatusCode::OK, list::<R>(req, depot).await),
+            Op::Retrieve => {
+                crate::web::api::respond(res, StatusCode::OK, retrieve::<R>(req, depot).await)
+            }
+            Op::Create => {
+                crate::web::api::respond(res, StatusCode::CREATED, create::<R>(req, depot).await)
+            }
+            Op::Update => {
+                crate::web::api::respond(res, StatusCode::OK, update::<R>(req, depot, false).await)
+            }
+            Op::PartialUpdate => {
+                crate::web::api::respond(res, StatusCode::OK, update::<R>(req, depot, true).await)
+            }
+            Op::Destroy => crate::web::api::no_content(res, destroy::<R>(req, depot).await),
+        }
+    }
+}
+
+/// The routes of a resource: the collection and the item, protected (the gate decides who
+/// may reach them; the policy above decides the rest).
+pub fn routes<R: Resource>() -> crate::web::route::Routes {
+    let item = format!("{}{{id}}/", R::PATH);
+    crate::web::route::Routes::new()
+        .push(crate::web::api::collection!(
+            R::PATH,
+            List::<R>::new(),
+            Create::<R>::new(),
+            R::DOCS.list_name
+        ))
+        .push(crate::web::api::item!(
+            item,
+            Retrieve::<R>::new(),
+            Update::<R>::new(),
+            PartialUpdate::<R>::new(),
+            Destroy::<R>::new(),
+            R::DOCS.item_name
+        ))
+}
+
+/// `TypeId` of a handler, for the OpenAPI endpoint registry.
+pub fn type_id<H: 'static>() -> std::any::TypeId {
+    std::any::TypeId::of::<H>()
+}
+
+fn json_content(schema: RefOr<Schema>) -> Content {
+    Content::new(schema)
+}
+
+/// `string` or null, as the schema derive writes an `Option<String>` field.
+fn nullable_string() -> Object {
+    use salvo::oapi::schema::{BasicType, SchemaType};
+    Object::new().schema_type(SchemaType::Array(vec![BasicType::String, BasicType::Null]))
+}
+
+/// `Paginated<Model>List`: the page envelope of the representation.
+fn page_schema<R: Resource>(components: &mut Components) -> RefOr<Schema> {
+    let name = format!("Paginated{}List", R::MODEL);
+    let results = salvo::oapi::Array::new().items(R::Repr::to_schema(components));
+    let schema = Object::new()
+        .property("count", i64::to_schema(components))
+        .required("count")
+        .property("next", nullable_string())
+        .property("previous", nullable_string())
+        .property("results", results)
+        .required("results");
+    components
+        .schemas
+        .insert(name.clone(), RefOr::Type(Schema::Object(Box::new(schema))));
+    RefOr::Ref(salvo::oapi::Ref::from_schema_name(name))
+}
+
+/// The documented operation of one handler of `R`.
+pub fn endpoint<R: Resource, const OP: u8>() -> Documented {
+    let op = Handle::<R, OP>::op();
+    let mut components = Components::new();
+    let docs = &R::DOCS;
+    let (summary, description) = match op {
+        Op::List => docs.list,
+        Op::Retrieve => docs.retrieve,
+        Op::Create => docs.create,
+        Op::Update => docs.update,
+        Op::PartialUpdate => docs.partial_update,
+        Op::Destroy => docs.destroy,
+    };
+    let id = format!(
+        "{}_{}",
+        R::PATH.trim_end_matches('/').replace(['/', '-'], "_"),
+        op.suffix()
+    );
+    let mut operation = Operation::new()
+        .operation_id(id)
+        .summary(summary)
+        .description(description)
+        .add_tag(docs.tag);
+    if op != Op::List && op != Op::Create {
+        operation = operation.add_parameter(
+            Parameter::new("id")
+                .location(ParameterIn::Path)
+                .description(docs.id)
+                .required(Required::True)
+                .schema(i64::to_schema(&mut components)),
+        );
+    }
+    if matches!(op, Op::Create | Op::Update | Op::PartialUpdate)
+        && let Some(schema) = R::request_body(&mut components, op == Op::PartialUpdate)
+    {
+        operation = operation.request_body(
+            RequestBody::new()
+                .add_content("application/json", json_content(schema))
+                .required(Required::True),
+        );
+    }
+    let (status, response) = match op {
+        Op::List => (
+            "200",
+            DocResponse::new("").add_content(
+                "application/json",
+                json_content(page_schema::<R>(&mut components)),
+            ),
+        ),
+        Op::Destroy => ("204", DocResponse::new("No response body")),
+        Op::Create => (
+            "201",
+            DocResponse::new("").add_content(
+                "application/json",
+                json_content(R::Repr::to_schema(&mut components)),
+            ),
+        ),
+        _ => (
+            "200",
+            DocResponse::new("").add_content(
+                "application/json",
+                json_content(R::Repr::to_schema(&mut components)),
+            ),
+        ),
+    };
+    operation = operation.add_response(status, response);
+    Documented::new(operation, components)
+}
+
+/// Registers the six operations of a resource in the OpenAPI document (once per resource,
+/// next to its declaration).
+#[macro_export]
+macro_rules! document_resource {
+    ($r:ty) => {
+        $crate::document_resource!(@op $r, List);
+        $crate::document_resource!(@op $r, Retrieve);
+        $crate::document_resource!(@op $r, Create);
+        $crate::document_resource!(@op $r, Update);
+        $crate::document_resource!(@op $r, PartialUpdate);
+        $crate::document_resource!(@op $r, Destroy);
+    };
+    (@op $r:ty, $op:ident) => {
+        salvo::oapi::__private::inventory::submit! {
+            salvo::oapi::EndpointRegistry::save(
+                $crate::web::api::resource::type_id::<$crate::web::api::resource::$op<$r>>,
+                $crate::web::api::resource::documented::<$crate::web::api::resource::$op<$r>>,
+            )
+        }
+    };
+}
+
+/// The documented operation of a handler type (for `document_resource!`).
+pub trait DocumentedHandler {
+    fn documented() -> Documented;
+}
+
+impl<R: Resource, const OP: u8> DocumentedHandler for Handle<R, OP> {
+    fn documented() -> Documented {
+        endpoint::<R, OP>()
+    }
+}
+
+pub fn documented<H: DocumentedHandler>() -> Documented {
+    H::documented()
+}
+
+/// A request schema as a reference, registering it (for `Resource::request_body`).
+pub fn schema_of<T: ToSchema>(components: &mut Components) -> RefOr<Schema> {
+    T::to_schema(components)
+}
