@@ -930,16 +930,18 @@ pub fn routes() -> crate::http::route::Routes {
             destroy,
             "Attachment Instance"
         ))
-        .push(crate::api::read_only!(
-            "allocations/attachments/{id}/download/",
-            download,
-            "Attachment Download"
-        ))
-        .push(crate::api::read_only!(
-            "media/allocations/{name}/",
-            media,
-            "Attachment Media"
-        ))
+        .push(
+            crate::api::read_only!(
+                "allocations/attachments/{id}/download/",
+                download,
+                "Attachment Download"
+            )
+            .unnegotiated(),
+        )
+        .push(
+            crate::api::read_only!("media/allocations/{name}/", media, "Attachment Media")
+                .unnegotiated(),
+        )
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,14 +13,16 @@ pub fn routes() -> crate::http::route::Routes {
             crate::http::route::Endpoint::protected("notifications/notifications/")
                 .get(notifications::list)
                 .head(notifications::list)
-                .options(crate::api::meta("Notification List", "")),
+                .options(crate::api::meta("Notification List", ""))
+                .format_suffix(),
         )
         .push(
             crate::http::route::Endpoint::protected("notifications/notifications/{id}/")
                 .get(notifications::retrieve)
                 .head(notifications::retrieve)
                 .patch(notifications::patch)
-                .options(crate::api::meta("Notification Instance", "")),
+                .options(crate::api::meta("Notification Instance", ""))
+                .format_suffix(),
         )
         .push(super::collection!(
             "notifications/preferences/",
