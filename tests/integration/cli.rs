@@ -302,3 +302,82 @@ fn clean_needs_a_target_and_confirmation() {
     assert!(!site.path("state/keystone.db-wal").exists());
     assert!(!site.path("state/media").exists());
 }
+
+#[test]
+fn command_line_passwords_may_not_resemble_the_account() {
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let create = |args: &[&str], password: &str| {
+        let mut full = vec!["user", "create", "--no-input", "--password-stdin"];
+        full.extend_from_slice(args);
+        site.run_with_input(&full, &format!("{password}\n"))
+    };
+    let out = create(&["--username", "keystone-admin"], "keystone-admin99");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Error: The password is too similar to the username."),
+        "{}",
+        stderr(&out)
+    );
+    let out = create(
+        &["--username", "op1", "--email", "kestrel@example.org"],
+        "kestrel-2024",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Error: The password is too similar to the email address."),
+        "{}",
+        stderr(&out)
+    );
+    // Listed first, before the other rules' messages, as upstream orders its validators.
+    let out = create(&["--username", "zorblax"], "zorblax");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let similar = err
+        .find("Error: The password is too similar to the username.")
+        .unwrap_or_else(|| panic!("similarity reported: {err}"));
+    let short = err
+        .find("Error: This password is too short.")
+        .unwrap_or_else(|| panic!("length reported: {err}"));
+    assert!(similar < short, "{err}");
+    let out = create(
+        &["--username", "bob.smith", "--superuser"],
+        "Unrelated-Pass-7",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // set-password compares with the account's attributes too.
+    let set = |password: &str| {
+        site.run_with_input(
+            &["user", "set-password", "bob.smith", "--password-stdin"],
+            &format!("{password}\n"),
+        )
+    };
+    let out = set("bobsmith-2024");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Error: The password is too similar to the username."),
+        "{}",
+        stderr(&out)
+    );
+    let out = set("Another-Pass-8");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The API applies the other three rules only: upstream validates there without the
+    // account (domain.md §6.1).
+    let token = site.run(&["token", "create", "bob.smith", "--name", "tests"]);
+    assert!(token.status.success(), "{}", stderr(&token));
+    let auth = format!("Token {}", stdout(&token).trim());
+    let web = site.serve("web", &[]);
+    let body = serde_json::json!({"username": "keystone-admin", "password": "keystone-admin99"});
+    let r = web.request(
+        "POST",
+        "/users/users/",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}
