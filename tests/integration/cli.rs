@@ -381,3 +381,49 @@ fn command_line_passwords_may_not_resemble_the_account() {
     );
     assert_eq!(r.status, 201, "{}", r.text());
 }
+
+#[test]
+fn commands_writing_to_a_closed_pipe_end_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    for args in [
+        vec!["completions", "bash"],
+        vec!["completions", "fish"],
+        vec!["openapi"],
+        vec!["openapi", "--format", "yaml"],
+        vec!["routes"],
+        vec!["version"],
+        vec!["config", "show"],
+        vec!["user", "list"],
+        vec!["--help"],
+    ] {
+        // The reader is gone before the command starts: its first write fails.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = site
+            .command(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run keystone");
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+    // The daemon keeps ignoring SIGPIPE: a client that goes away is no reason to die.
+    let web = site.serve("web", &[]);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", web.child.id())).expect("status");
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("SigIgn");
+    assert_ne!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{status}");
+}
