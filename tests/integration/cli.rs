@@ -427,3 +427,51 @@ fn commands_writing_to_a_closed_pipe_end_quietly() {
         .expect("SigIgn");
     assert_ne!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{status}");
 }
+
+/// The SMTP check of `email.debug_dir` (upstream's EMAIL_DEBUG_DIR): the file backend is
+/// checked, no SMTP server is dialled (the test site's SMTP port is closed).
+#[test]
+fn health_checks_the_debug_mail_directory_instead_of_smtp() {
+    let mut site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let smtp = |site: &Site| {
+        let out = site.run(&["health", "--direct", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+            .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(&out), stderr(&out)));
+        v["data"]
+            .as_array()
+            .and_then(|checks| checks.iter().find(|c| c["check"] == "SMTP").cloned())
+            .unwrap_or_else(|| panic!("an SMTP check: {v}"))
+    };
+    assert_eq!(smtp(&site)["healthy"], false, "the SMTP port is closed");
+    // A directory that does not exist yet is created, as a delivery creates it.
+    let dir = site.path("mail/out");
+    site.set("EMAIL_DEBUG_DIR", &dir.display().to_string());
+    let check = smtp(&site);
+    assert_eq!(check["healthy"], true, "{check}");
+    assert!(check["error"].is_null(), "{check}");
+    assert!(dir.is_dir());
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").collect();
+    assert!(left.is_empty(), "no probe file left: {left:?}");
+    let web = site.serve("web", &[]);
+    let health = web.get("/health/json/").json();
+    let check = health["data"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["check"] == "SMTP").cloned())
+        .expect("SMTP check");
+    assert_eq!(check["healthy"], true, "{health}");
+    drop(web);
+    // A path that cannot be a directory: unhealthy, with upstream's message.
+    let blocker = site.path("not-a-directory");
+    std::fs::write(&blocker, "x").expect("file");
+    site.set(
+        "EMAIL_DEBUG_DIR",
+        &blocker.join("mail").display().to_string(),
+    );
+    let check = smtp(&site);
+    assert_eq!(check["healthy"], false, "{check}");
+    assert_eq!(
+        check["error"],
+        "Unavailable: Failed to open connection with SMTP server"
+    );
+}
