@@ -475,3 +475,41 @@ fn health_checks_the_debug_mail_directory_instead_of_smtp() {
         "Unavailable: Failed to open connection with SMTP server"
     );
 }
+
+/// `logging.file` (upstream's LOG_APP_FILE) is not implemented on purpose: one warning line,
+/// no error, no file.
+#[test]
+fn a_log_file_setting_gives_one_warning_and_no_file() {
+    let mut site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let log = site.path("keystone.log");
+    site.set("LOG_APP_FILE", &log.display().to_string());
+    let out = site.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("logging.file")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("LOG_APP_FILE"), "{err}");
+    assert!(warnings[0].contains("not supported"), "{err}");
+    // At the daemon's startup too.
+    let web = site.serve("web", &[]);
+    assert_eq!(web.get("/version/").status, 200);
+    let (status, output) = web.stop();
+    assert!(status.success(), "{output}");
+    let startup: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("logging.file") && l.contains("not supported"))
+        .collect();
+    assert_eq!(startup.len(), 1, "{output}");
+    assert!(!log.exists(), "no log file is written");
+    // The TOML key names its line.
+    site.env.remove("LOG_APP_FILE");
+    site.write_config("[logging]\nfile = \"keystone.log\"\n");
+    let out = site.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("logging.file (from ") && stderr(&out).contains("keystone.toml:2"),
+        "{}",
+        stderr(&out)
+    );
+}
