@@ -2,6 +2,7 @@
 //! `user set-password`, `user list`, and API keys for scripts (`token create|list|revoke`).
 
 use crate::config::Config;
+use crate::identity::passwords::UserAttributes;
 use crate::on_db;
 use crate::store::audit::{self, Action, AuditContext};
 use crate::store::{Db, users};
@@ -90,8 +91,8 @@ fn prompt(label: &str) -> Option<String> {
     read_stdin_line()
 }
 
-/// Asks twice (hidden) until the password satisfies the rules.
-fn prompt_password() -> Option<String> {
+/// Asks twice (hidden) until the password satisfies the rules for this account.
+fn prompt_password(user: &UserAttributes<'_>) -> Option<String> {
     loop {
         let first = rpassword::prompt_password("Password: ").ok()?;
         let second = rpassword::prompt_password("Password (again): ").ok()?;
@@ -99,7 +100,7 @@ fn prompt_password() -> Option<String> {
             eprintln!("Error: Your passwords didn't match.");
             continue;
         }
-        let problems = crate::identity::passwords::validate(&first);
+        let problems = crate::identity::passwords::validate(&first, Some(user));
         if problems.is_empty() {
             return Some(first);
         }
@@ -164,6 +165,12 @@ async fn create(db: &Db, args: &CreateArgs) -> ExitCode {
             None
         }
     });
+    // Upstream's createsuperuser checks similarity to the username and the email address.
+    let account = UserAttributes {
+        username: Some(&username),
+        email: email.as_deref(),
+        ..Default::default()
+    };
     let password = if args.password_stdin {
         read_stdin_line()
     } else if let Some(p) =
@@ -171,7 +178,7 @@ async fn create(db: &Db, args: &CreateArgs) -> ExitCode {
     {
         Some(p)
     } else if interactive {
-        prompt_password()
+        prompt_password(&account)
     } else {
         None
     };
@@ -181,7 +188,7 @@ async fn create(db: &Db, args: &CreateArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let problems = crate::identity::passwords::validate(&password);
+    let problems = crate::identity::passwords::validate(&password, Some(&account));
     if !problems.is_empty() {
         for p in problems {
             eprintln!("Error: {p}");
@@ -234,10 +241,17 @@ async fn set_password(db: &Db, username: &str, from_stdin: bool) -> ExitCode {
         Ok(None) => return fail(format!("user '{username}' does not exist")),
         Err(e) => return fail(e),
     };
+    // Upstream's changepassword checks similarity to every attribute of the account.
+    let account = UserAttributes {
+        username: Some(&user.username),
+        first_name: user.first_name.as_deref(),
+        last_name: user.last_name.as_deref(),
+        email: user.email.as_deref(),
+    };
     let password = if from_stdin {
         read_stdin_line()
     } else if std::io::stdin().is_terminal() {
-        prompt_password()
+        prompt_password(&account)
     } else {
         None
     };
@@ -245,7 +259,7 @@ async fn set_password(db: &Db, username: &str, from_stdin: bool) -> ExitCode {
         eprintln!("Error: no password given (use --password-stdin when not on a terminal).");
         return ExitCode::from(2);
     };
-    let problems = crate::identity::passwords::validate(&password);
+    let problems = crate::identity::passwords::validate(&password, Some(&account));
     if !problems.is_empty() {
         for p in problems {
             eprintln!("Error: {p}");

@@ -285,8 +285,59 @@ fn config_exit(e: &ConfigError) -> ExitCode {
     ExitCode::from(78)
 }
 
+/// Whether standard output can no longer be written: a pipe whose reader is gone
+/// (`keystone completions bash | head -1`) or a socket shut by its peer.
+fn stdout_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout; poll reports errors and hang-ups always.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Ends the process the way coreutils end when their output is closed: killed by SIGPIPE,
+/// nothing printed (the shell reports status 141).
+fn die_of_sigpipe() -> ! {
+    // SAFETY: restores the default action of one signal and raises it in this thread; the
+    // default action terminates the whole process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
+}
+
+/// One-shot commands end quietly when their standard output is closed, instead of
+/// panicking on the failed write (Rust ignores SIGPIPE, so `println!` panics there). Only
+/// the panics that happen while standard output is closed end that way; every other panic
+/// reports as before. The process keeps ignoring SIGPIPE, so a socket whose peer is gone is
+/// still a plain error; the daemon (`serve`, `quickstart`) installs nothing.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if stdout_closed() {
+            die_of_sigpipe();
+        }
+        report(info);
+    }));
+}
+
+/// Ends the command quietly when `e` is a failed write to a closed standard output, as a
+/// `println!` to it does.
+pub fn end_if_stdout_closed(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe && stdout_closed() {
+        die_of_sigpipe();
+    }
+}
+
 /// Entry point after parsing; owns the runtime.
 pub fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Serve(_) | Command::Quickstart(_)) {
+        quiet_on_closed_stdout();
+    }
     if let Some(level) = &cli.log_level
         && config::level_filter(level).is_none()
     {

@@ -26,6 +26,9 @@ pub fn openapi(format: Format, output: Option<&std::path::Path>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if output.is_none() {
+                crate::cli::end_if_stdout_closed(&e);
+            }
             eprintln!("keystone: cannot write the document: {e}");
             ExitCode::from(1)
         }

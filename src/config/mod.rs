@@ -380,6 +380,18 @@ pub fn load(opts: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
         notices,
     };
     config.validate()?;
+    if config.settings.logging.file.is_some() {
+        // Deliberately not implemented: journald (or stderr) is the one log channel.
+        let source = config
+            .sources
+            .get("logging.file")
+            .map(|s| format!(" (from {s})"))
+            .unwrap_or_default();
+        config.warnings.push(format!(
+            "logging.file{source} is not supported and ignored: Keystone logs to journald, or to \
+             stderr outside systemd, and writes no log file"
+        ));
+    }
     if let Some(key) = &config.settings.security.secret_key
         && key.len() < MIN_SECRET_KEY_BYTES
     {

@@ -527,3 +527,39 @@ fn postgres_refuses_a_secret_key_shorter_than_32_bytes_and_sqlite_warns() {
         sqlite.warnings
     );
 }
+
+#[test]
+fn a_log_file_is_warned_about_not_refused() {
+    for (var, source) in [
+        (
+            "LOG_APP_FILE",
+            "environment variable LOG_APP_FILE (upstream name)",
+        ),
+        (
+            "KEYSTONE_LOGGING__FILE",
+            "environment variable KEYSTONE_LOGGING__FILE",
+        ),
+    ] {
+        let c = load_env(&env(&[(var, "/var/log/keystone.log")])).expect("not an error");
+        let warnings: Vec<&String> = c
+            .warnings
+            .iter()
+            .filter(|w| w.contains("logging.file"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{:?}", c.warnings);
+        assert!(warnings[0].contains(source), "{}", warnings[0]);
+        assert!(warnings[0].contains("not supported"), "{}", warnings[0]);
+        assert!(!warnings[0].contains('\n'));
+    }
+    let f = file("[logging]\nfile = \"keystone.log\"\n");
+    let c = load(&with_file(&f), &env(&[])).expect("not an error");
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("logging.file (from ") && w.contains(":2)")),
+        "{:?}",
+        c.warnings
+    );
+    let c = load_env(&env(&[])).expect("load");
+    assert!(!c.warnings.iter().any(|w| w.contains("logging.file")));
+}

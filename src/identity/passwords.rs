@@ -245,10 +245,16 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Django's default validators (domain.md §6.1): every failing rule's message, in upstream
-/// order; empty when the password is acceptable.
-pub fn validate(password: &str) -> Vec<&'static str> {
+/// Django's default validators (domain.md §6.1, operations.md §1.5): every failing rule's
+/// message, in upstream order; empty when the password is acceptable. The first rule,
+/// similarity to the account's attributes, applies only when `user` is given: the command
+/// line passes the account (as upstream's `createsuperuser` and `changepassword` do), the
+/// API never does (upstream's serializer validates without a user).
+pub fn validate(password: &str, user: Option<&UserAttributes<'_>>) -> Vec<&'static str> {
     let mut failures = Vec::new();
+    if let Some(message) = user.and_then(|u| too_similar(password, u)) {
+        failures.push(message);
+    }
     // Python's len() counts code points.
     if password.chars().count() < MIN_LENGTH {
         failures.push(TOO_SHORT);
@@ -262,6 +268,104 @@ pub fn validate(password: &str) -> Vec<&'static str> {
         failures.push(ENTIRELY_NUMERIC);
     }
     failures
+}
+
+/// The account attributes Django's `UserAttributeSimilarityValidator` compares a password
+/// with, in its order (`username`, `first_name`, `last_name`, `email`); `None` or empty
+/// values are skipped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UserAttributes<'a> {
+    pub username: Option<&'a str>,
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+    pub email: Option<&'a str>,
+}
+
+/// Django's default `max_similarity`.
+const MAX_SIMILARITY: f64 = 0.7;
+
+/// The similarity messages, named by each attribute's verbose name.
+pub const TOO_SIMILAR_USERNAME: &str = "The password is too similar to the username.";
+pub const TOO_SIMILAR_FIRST_NAME: &str = "The password is too similar to the first name.";
+pub const TOO_SIMILAR_LAST_NAME: &str = "The password is too similar to the last name.";
+pub const TOO_SIMILAR_EMAIL: &str = "The password is too similar to the email address.";
+
+/// Django's `UserAttributeSimilarityValidator`: the message for the first attribute the
+/// password is too similar to. Each attribute value is lower-cased and compared whole and
+/// split on runs of non-word characters (`re.split(r"\W+")`); a part counts when
+/// `SequenceMatcher(a=password, b=part).quick_ratio() >= 0.7`, parts far shorter than the
+/// password being skipped first as Django does.
+fn too_similar(password: &str, user: &UserAttributes<'_>) -> Option<&'static str> {
+    let password: Vec<char> = password.to_lowercase().chars().collect();
+    [
+        (user.username, TOO_SIMILAR_USERNAME),
+        (user.first_name, TOO_SIMILAR_FIRST_NAME),
+        (user.last_name, TOO_SIMILAR_LAST_NAME),
+        (user.email, TOO_SIMILAR_EMAIL),
+    ]
+    .into_iter()
+    .filter_map(|(value, message)| Some((value.filter(|v| !v.is_empty())?, message)))
+    .find(|(value, _)| {
+        let value = value.to_lowercase();
+        let mut parts = word_parts(&value);
+        parts.push(value.chars().collect());
+        parts.iter().any(|part| {
+            !exceeds_maximum_length_ratio(&password, part)
+                && quick_ratio(&password, part) >= MAX_SIMILARITY
+        })
+    })
+    .map(|(_, message)| message)
+}
+
+/// `re.split(r"\W+", value)`: the pieces between runs of non-word characters (word: a
+/// letter, digit or underscore), empty pieces at either end included.
+fn word_parts(value: &str) -> Vec<Vec<char>> {
+    let mut parts = vec![Vec::new()];
+    let mut in_separator = false;
+    for c in value.chars() {
+        if c.is_alphanumeric() || c == '_' {
+            if let Some(last) = parts.last_mut() {
+                last.push(c);
+            }
+            in_separator = false;
+        } else if !in_separator {
+            parts.push(Vec::new());
+            in_separator = true;
+        }
+    }
+    parts
+}
+
+/// Django's shortcut: a value at most a tenth of the password's length (and shorter than
+/// `max_similarity / 2` times it) cannot reach the threshold, so it is not compared.
+fn exceeds_maximum_length_ratio(password: &[char], value: &[char]) -> bool {
+    let pwd_len = password.len();
+    let length_bound_similarity = MAX_SIMILARITY / 2.0 * pwd_len as f64;
+    let value_len = value.len();
+    pwd_len >= 10 * value_len && (value_len as f64) < length_bound_similarity
+}
+
+/// Python's `difflib.SequenceMatcher(a=a, b=b).quick_ratio()`: twice the size of the
+/// multiset intersection of the two sequences over their total length (1.0 when both are
+/// empty). Order does not count, so it bounds `ratio()` from above.
+fn quick_ratio(a: &[char], b: &[char]) -> f64 {
+    let mut available: std::collections::HashMap<char, usize> = std::collections::HashMap::new();
+    for &c in b {
+        *available.entry(c).or_insert(0) += 1;
+    }
+    let mut matches = 0usize;
+    for c in a {
+        if let Some(n) = available.get_mut(c).filter(|n| **n > 0) {
+            *n -= 1;
+            matches += 1;
+        }
+    }
+    let length = a.len() + b.len();
+    if length == 0 {
+        1.0
+    } else {
+        2.0 * matches as f64 / length as f64
+    }
 }
 
 #[cfg(test)]
@@ -452,7 +556,7 @@ mod tests {
         let a = generate(20);
         assert_eq!(a.len(), 20);
         assert_ne!(a, generate(20));
-        assert!(validate(&a).is_empty());
+        assert!(validate(&a, None).is_empty());
     }
 
     #[test]
@@ -465,33 +569,104 @@ mod tests {
 
     #[test]
     fn each_rule_alone() {
-        assert_eq!(validate("Xk2!pq7"), vec![TOO_SHORT]);
-        assert_eq!(validate("Xk2!pq7z"), Vec::<&str>::new());
-        assert_eq!(validate("superman"), vec![TOO_COMMON]);
-        assert_eq!(validate("PassWord"), vec![TOO_COMMON], "case-insensitive");
-        assert_eq!(validate("  Password1  "), vec![TOO_COMMON], "stripped");
-        assert_eq!(validate("80417692551"), vec![ENTIRELY_NUMERIC]);
+        assert_eq!(validate("Xk2!pq7", None), vec![TOO_SHORT]);
+        assert_eq!(validate("Xk2!pq7z", None), Vec::<&str>::new());
+        assert_eq!(validate("superman", None), vec![TOO_COMMON]);
         assert_eq!(
-            validate("٣٤٥٦٧٨٩٠١"),
+            validate("PassWord", None),
+            vec![TOO_COMMON],
+            "case-insensitive"
+        );
+        assert_eq!(
+            validate("  Password1  ", None),
+            vec![TOO_COMMON],
+            "stripped"
+        );
+        assert_eq!(validate("80417692551", None), vec![ENTIRELY_NUMERIC]);
+        assert_eq!(
+            validate("٣٤٥٦٧٨٩٠١", None),
             vec![ENTIRELY_NUMERIC],
             "Arabic-Indic digits"
         );
-        assert_eq!(validate("8041769255x"), Vec::<&str>::new());
+        assert_eq!(validate("8041769255x", None), Vec::<&str>::new());
     }
 
     #[test]
     fn rules_combine_in_upstream_order() {
-        assert_eq!(validate("abc"), vec![TOO_SHORT, TOO_COMMON]);
-        assert_eq!(validate("7291"), vec![TOO_SHORT, ENTIRELY_NUMERIC]);
+        assert_eq!(validate("abc", None), vec![TOO_SHORT, TOO_COMMON]);
+        assert_eq!(validate("7291", None), vec![TOO_SHORT, ENTIRELY_NUMERIC]);
         assert_eq!(
-            validate("123456"),
+            validate("123456", None),
             vec![TOO_SHORT, TOO_COMMON, ENTIRELY_NUMERIC]
         );
-        assert_eq!(validate("12345678"), vec![TOO_COMMON, ENTIRELY_NUMERIC]);
-        assert_eq!(validate(""), vec![TOO_SHORT]);
-        assert_eq!(validate("ПАРОЛЬ"), vec![TOO_SHORT, TOO_COMMON]);
+        assert_eq!(
+            validate("12345678", None),
+            vec![TOO_COMMON, ENTIRELY_NUMERIC]
+        );
+        assert_eq!(validate("", None), vec![TOO_SHORT]);
+        assert_eq!(validate("ПАРОЛЬ", None), vec![TOO_SHORT, TOO_COMMON]);
         // Length counts characters, not bytes.
-        assert_eq!(validate("ünïcödé"), vec![TOO_SHORT]);
-        assert_eq!(validate("ünïcödéß"), Vec::<&str>::new());
+        assert_eq!(validate("ünïcödé", None), vec![TOO_SHORT]);
+        assert_eq!(validate("ünïcödéß", None), Vec::<&str>::new());
+    }
+
+    /// Values from Python: `SequenceMatcher(a=a, b=b).quick_ratio()`.
+    #[test]
+    fn quick_ratio_matches_difflib() {
+        let chars = |s: &str| s.chars().collect::<Vec<_>>();
+        for (a, b, want) in [
+            ("abcd", "bcde", 0.75),
+            ("a", "aaaaaaaaaa", 0.18181818181818182),
+            ("example.com", "example", 0.7777777777777778),
+            ("example.com", "testclient", 0.38095238095238093),
+            ("keystone-admin99", "keystone-admin", 0.9333333333333333),
+            ("alice2024!", "alice", 0.6666666666666666),
+            ("", "", 1.0),
+        ] {
+            assert_eq!(quick_ratio(&chars(a), &chars(b)), want, "{a} / {b}");
+        }
+    }
+
+    /// Django's own cases for `UserAttributeSimilarityValidator`, and the split of values on
+    /// non-word characters.
+    #[test]
+    fn similarity_to_the_user_attributes() {
+        let user = UserAttributes {
+            username: Some("testclient"),
+            first_name: Some("Test"),
+            last_name: Some("Client"),
+            email: Some("testclient@example.com"),
+        };
+        let similar = |p: &str| too_similar(p, &user);
+        assert_eq!(similar("testclient"), Some(TOO_SIMILAR_USERNAME));
+        assert_eq!(similar("example.com"), Some(TOO_SIMILAR_EMAIL));
+        assert_eq!(similar("TestClient2"), Some(TOO_SIMILAR_USERNAME));
+        // Order does not count (quick_ratio compares the letters as multisets).
+        assert_eq!(similar("tneilctset"), Some(TOO_SIMILAR_USERNAME));
+        assert_eq!(similar("Str0ng-Pass-99"), None);
+        assert_eq!(similar("t"), None);
+        let dotted = UserAttributes {
+            username: Some("alice.smith"),
+            ..Default::default()
+        };
+        assert_eq!(
+            too_similar("Smith-Alice-77", &dotted),
+            Some(TOO_SIMILAR_USERNAME)
+        );
+        assert_eq!(too_similar("s3cret-Alice-pass", &dotted), None);
+        assert_eq!(
+            word_parts(".a..b."),
+            vec![vec![], vec!['a'], vec!['b'], vec![]]
+        );
+        // Only where the account is given; the message comes first, as upstream lists it.
+        assert_eq!(validate("testclient", None), Vec::<&str>::new());
+        assert_eq!(
+            validate("testcli", Some(&user)),
+            vec![TOO_SIMILAR_USERNAME, TOO_SHORT]
+        );
+        assert_eq!(
+            validate("testclient", Some(&UserAttributes::default())),
+            Vec::<&str>::new()
+        );
     }
 }

@@ -100,14 +100,11 @@ async fn check_smtp(config: &Config) -> Result<(), String> {
     use lettre::{AsyncSmtpTransport, Tokio1Executor};
     let e = &config.settings.email;
     if let Some(dir) = &e.debug_dir {
-        // Debug delivery writes files instead of talking SMTP: the directory must accept one.
+        // Debug delivery writes files instead of talking SMTP (upstream's file backend):
+        // the check is whether a delivery could write one, no SMTP server is dialled.
         let dir = config.path(dir);
-        let probe = dir.join(format!(".keystone-health-{}", uuid::Uuid::new_v4()));
-        return match tokio::fs::write(&probe, b"").await {
-            Ok(()) => {
-                let _ = tokio::fs::remove_file(&probe).await;
-                Ok(())
-            }
+        return match crate::infra::mail::check_debug_dir(&dir).await {
+            Ok(()) => Ok(()),
             Err(err) => {
                 tracing::warn!(
                     "health: debug mail directory {} is not writable: {err}",

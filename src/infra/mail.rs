@@ -230,6 +230,24 @@ pub fn build_message(
         .map_err(|e| MailError::Build(e.to_string()))
 }
 
+/// Creates the debug mail directory when it is missing, as a delivery to it does.
+async fn prepare_debug_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await
+}
+
+/// Whether file delivery to `email.debug_dir` works: the directory is there (created as a
+/// delivery would create it) and accepts a file. The probe file is removed again.
+pub async fn check_debug_dir(dir: &Path) -> std::io::Result<()> {
+    prepare_debug_dir(dir).await?;
+    let probe = dir.join(format!(
+        ".keystone-health-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    tokio::fs::write(&probe, b"").await?;
+    let _ = tokio::fs::remove_file(&probe).await;
+    Ok(())
+}
+
 /// Delivers messages as the configuration says: SMTP, or files in `email.debug_dir`.
 pub struct Mailer {
     from: String,
@@ -328,7 +346,7 @@ impl Mailer {
                 content.extend_from_slice("-".repeat(79).as_bytes());
                 content.extend_from_slice(b"\n");
                 let write = async {
-                    tokio::fs::create_dir_all(dir).await?;
+                    prepare_debug_dir(dir).await?;
                     tokio::fs::write(&path, &content).await
                 };
                 write.await.map_err(|err| MailError::DebugFile {

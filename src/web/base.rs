@@ -1,5 +1,6 @@
 //! Site root, version, health and OpenAPI endpoints (spec/operations.md §3.7, §3.9, §3.11).
 
+use super::negotiation;
 use super::route::{Endpoint, Policy, Routes};
 use super::{ApiError, state};
 use crate::infra::health::{CheckResult, prometheus};
@@ -61,7 +62,7 @@ pub fn routes() -> Routes {
                 description: "Return the application version number as a plain text response.",
                 renders: &["text/plain"],
             },
-        ))
+        ).renders(negotiation::JSON_OR_TEXT))
         .push(read_only!(
             "health/",
             health,
@@ -88,7 +89,7 @@ pub fn routes() -> Routes {
                 description: "Return system health checks in Prometheus format.",
                 renders: &["text/plain"],
             },
-        ))
+        ).renders(negotiation::JSON_OR_TEXT))
         .push(read_only!(
             "openapi/json/",
             openapi_json,
@@ -97,7 +98,7 @@ pub fn routes() -> Routes {
                 description: "The OpenAPI document as JSON.",
                 renders: &["application/vnd.oai.openapi+json", "application/json"],
             },
-        ))
+        ).renders(negotiation::OPENAPI_JSON))
         .push(read_only!(
             "openapi/yaml/",
             openapi_yaml,
@@ -106,7 +107,7 @@ pub fn routes() -> Routes {
                 description: "The OpenAPI document as YAML.",
                 renders: &["application/vnd.oai.openapi", "application/yaml"],
             },
-        ))
+        ).renders(negotiation::OPENAPI_YAML))
 }
 
 /// The site root: a one-line version banner (not part of the OpenAPI document).

@@ -7,6 +7,7 @@ pub mod api;
 pub(crate) mod base;
 pub mod canonical;
 pub mod client;
+pub mod negotiation;
 pub mod openapi;
 mod panic;
 pub mod request_log;
@@ -60,6 +61,8 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     MethodNotAllowed(String),
+    /// 406: the `Accept` header names nothing the route renders.
+    NotAcceptable,
     Conflict(String),
     PayloadTooLarge(u64),
     UnsupportedMediaType(String),
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -122,6 +126,7 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m) => m.clone(),
             ApiError::MethodNotAllowed(m) => format!("Method \"{m}\" not allowed."),
+            ApiError::NotAcceptable => negotiation::NOT_ACCEPTABLE.into(),
             ApiError::PayloadTooLarge(limit) => {
                 format!("Request body too large: the limit is {limit} bytes.")
             }

@@ -6,10 +6,13 @@
 
 use super::ApiError;
 use super::access::Gate;
+use super::negotiation::{self, Negotiate, Renderer};
 use salvo::http::Method;
 use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
+use salvo::routing::filters::MethodFilter;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// Who may reach a route at all; finer rules (staff, team roles) are the handlers' and are
 /// only reached with an authenticated [`crate::web::api::Caller`].
@@ -53,13 +56,16 @@ pub struct Endpoint {
     path: String,
     policy: Policy,
     methods: Vec<Method>,
-    router: Router,
+    goals: Vec<Arc<dyn Handler>>,
+    /// `None`: not negotiated (not an API view, or a file download).
+    renderers: Option<&'static [Renderer]>,
+    format_suffix: bool,
 }
 
 macro_rules! method {
     ($name:ident, $method:ident) => {
         pub fn $name<H: Handler>(mut self, handler: H) -> Self {
-            self.router = self.router.$name(handler);
+            self.goals.push(Arc::new(handler));
             self.methods.push(Method::$method);
             self
         }
@@ -78,13 +84,36 @@ impl Endpoint {
     }
 
     pub fn new(path: impl Into<String>, policy: Policy) -> Self {
-        let path = path.into();
         Endpoint {
-            router: Router::with_path(path.clone()),
-            path,
+            path: path.into(),
             policy,
             methods: Vec::new(),
+            goals: Vec::new(),
+            // Upstream's API views are the throttled ones; each negotiates its renderers.
+            renderers: policy.throttled.then_some(negotiation::JSON),
+            format_suffix: false,
         }
+    }
+
+    /// What the route renders, when it is not JSON alone (content negotiation).
+    pub fn renders(mut self, renderers: &'static [Renderer]) -> Self {
+        self.renderers = Some(renderers);
+        self
+    }
+
+    /// A file download: the body is the file's own type, whatever the `Accept` header
+    /// names, so no negotiation (its errors are still JSON).
+    pub fn unnegotiated(mut self) -> Self {
+        self.renderers = None;
+        self
+    }
+
+    /// The route of a resource router upstream also answers with a format suffix
+    /// (`/users/teams.json`, `/users/teams/5.json/`, `/users/.json`): the suffixed path
+    /// reaches this same route, its gate and its handlers.
+    pub fn format_suffix(mut self) -> Self {
+        self.format_suffix = true;
+        self
     }
 
     method!(get, GET);
@@ -101,9 +130,68 @@ impl Endpoint {
         allow.dedup();
         let allow =
             HeaderValue::from_str(&allow.join(", ")).unwrap_or(HeaderValue::from_static(""));
-        self.router
-            .hoop(Gate(self.policy))
-            .goal(NotAllowed { allow })
+        let build = |path: &str, shared: bool| {
+            let mut router = Router::with_path(path);
+            for (method, goal) in self.methods.iter().zip(&self.goals) {
+                let mut child = Router::with_filter(MethodFilter::new(method.clone()));
+                if shared {
+                    child = child.goal(Shared(goal.clone()));
+                } else {
+                    // The handler itself, so the OpenAPI document finds its annotations.
+                    child.goal = Some(goal.clone());
+                }
+                router = router.push(child);
+            }
+            // Negotiation runs first, as in upstream's views (domain.md §1.3); then the gate.
+            if let Some(renderers) = self.renderers {
+                router = router.hoop(Negotiate(renderers));
+            }
+            router.hoop(Gate(self.policy)).goal(NotAllowed {
+                allow: allow.clone(),
+            })
+        };
+        let plain = build(&self.path, false);
+        match suffixed(&self.path).filter(|_| self.format_suffix) {
+            // The suffixed path first: the plain `{id}` would also take `5.json`.
+            Some(path) => Router::new().push(build(&path, true)).push(plain),
+            None => plain,
+        }
+    }
+}
+
+/// The format-suffixed template of a route path, as upstream's `format_suffix_patterns`
+/// derives it from a router's pattern (the part after the first segment, the router's
+/// prefix): its trailing slash dropped, then `.{format}` (`[a-z0-9]+`), the final slash
+/// optional. An `{id}` stops at a dot, as upstream's `[^/.]+`. The router's own root
+/// (`users/`) becomes `users/.{format}`.
+fn suffixed(path: &str) -> Option<String> {
+    let (prefix, pattern) = path.split_once('/')?;
+    let pattern = pattern
+        .strip_suffix('/')
+        .unwrap_or(pattern)
+        .replace("{id}", "{id|[^.]+}");
+    Some(if pattern.is_empty() {
+        format!("{prefix}/.{{format|[a-z0-9]+}}")
+    } else {
+        format!("{prefix}/{pattern}.{{format|[a-z0-9]+}}")
+    })
+}
+
+/// A handler shared by a route's plain and suffixed paths. The suffixed path does not
+/// appear in the OpenAPI document (upstream's does not list it either): the document only
+/// knows the annotated handler types, and this wrapper is not one.
+struct Shared(Arc<dyn Handler>);
+
+#[async_trait]
+impl Handler for Shared {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+    ) {
+        self.0.handle(req, depot, res, ctrl).await;
     }
 }
 
@@ -164,8 +252,9 @@ impl From<Endpoint> for Routes {
 }
 
 /// Whether some route's template matches this canonical path (segments percent-decoded,
-/// `{param}` matching any one segment): upstream redirects an unslashed path only when the
-/// slashed path resolves (Django's `APPEND_SLASH`), and answers 404 otherwise.
+/// `{param}` matching any one segment, `{id}` one without a dot): upstream redirects an
+/// unslashed path only when the slashed path resolves (Django's `APPEND_SLASH`), and
+/// answers 404 otherwise.
 pub fn resolves(path: &str) -> bool {
     static TEMPLATES: std::sync::OnceLock<Vec<Vec<String>>> = std::sync::OnceLock::new();
     let templates = TEMPLATES.get_or_init(|| {
@@ -185,7 +274,12 @@ pub fn resolves(path: &str) -> bool {
     templates.iter().any(|t| {
         t.len() == wanted.len()
             && t.iter().zip(&wanted).all(|(pattern, segment)| {
-                (pattern.starts_with('{') && pattern.ends_with('}') && !segment.is_empty())
+                // An `{id}` is upstream's `[^/.]+`: `5.json` is a format suffix, not an id.
+                (pattern == "{id}" && !segment.is_empty() && !segment.contains('.'))
+                    || (pattern != "{id}"
+                        && pattern.starts_with('{')
+                        && pattern.ends_with('}')
+                        && !segment.is_empty())
                     || pattern == segment
             })
     })
@@ -216,7 +310,7 @@ impl Handler for NotAllowed {
 
 #[cfg(test)]
 mod tests {
-    use super::{Access, resolves};
+    use super::{Access, resolves, suffixed};
 
     /// A new route is protected unless it is added here on purpose.
     #[test]
@@ -252,5 +346,23 @@ mod tests {
         assert!(!resolves("/nope/"));
         assert!(!resolves("/users/users/12/extra/"));
         assert!(!resolves("/evil.example/"));
+        assert!(!resolves("/users/teams/5.json/"));
+    }
+
+    #[test]
+    fn suffixed_templates_follow_upstreams_format_suffix_patterns() {
+        assert_eq!(
+            suffixed("users/teams/").as_deref(),
+            Some("users/teams.{format|[a-z0-9]+}")
+        );
+        assert_eq!(
+            suffixed("users/teams/{id}/").as_deref(),
+            Some("users/teams/{id|[^.]+}.{format|[a-z0-9]+}")
+        );
+        assert_eq!(
+            suffixed("users/").as_deref(),
+            Some("users/.{format|[a-z0-9]+}")
+        );
+        assert_eq!(suffixed(""), None);
     }
 }

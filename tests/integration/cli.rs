@@ -302,3 +302,214 @@ fn clean_needs_a_target_and_confirmation() {
     assert!(!site.path("state/keystone.db-wal").exists());
     assert!(!site.path("state/media").exists());
 }
+
+#[test]
+fn command_line_passwords_may_not_resemble_the_account() {
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let create = |args: &[&str], password: &str| {
+        let mut full = vec!["user", "create", "--no-input", "--password-stdin"];
+        full.extend_from_slice(args);
+        site.run_with_input(&full, &format!("{password}\n"))
+    };
+    let out = create(&["--username", "keystone-admin"], "keystone-admin99");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Error: The password is too similar to the username."),
+        "{}",
+        stderr(&out)
+    );
+    let out = create(
+        &["--username", "op1", "--email", "kestrel@example.org"],
+        "kestrel-2024",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Error: The password is too similar to the email address."),
+        "{}",
+        stderr(&out)
+    );
+    // Listed first, before the other rules' messages, as upstream orders its validators.
+    let out = create(&["--username", "zorblax"], "zorblax");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let similar = err
+        .find("Error: The password is too similar to the username.")
+        .unwrap_or_else(|| panic!("similarity reported: {err}"));
+    let short = err
+        .find("Error: This password is too short.")
+        .unwrap_or_else(|| panic!("length reported: {err}"));
+    assert!(similar < short, "{err}");
+    let out = create(
+        &["--username", "bob.smith", "--superuser"],
+        "Unrelated-Pass-7",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // set-password compares with the account's attributes too.
+    let set = |password: &str| {
+        site.run_with_input(
+            &["user", "set-password", "bob.smith", "--password-stdin"],
+            &format!("{password}\n"),
+        )
+    };
+    let out = set("bobsmith-2024");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Error: The password is too similar to the username."),
+        "{}",
+        stderr(&out)
+    );
+    let out = set("Another-Pass-8");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The API applies the other three rules only: upstream validates there without the
+    // account (domain.md §6.1).
+    let token = site.run(&["token", "create", "bob.smith", "--name", "tests"]);
+    assert!(token.status.success(), "{}", stderr(&token));
+    let auth = format!("Token {}", stdout(&token).trim());
+    let web = site.serve("web", &[]);
+    let body = serde_json::json!({"username": "keystone-admin", "password": "keystone-admin99"});
+    let r = web.request(
+        "POST",
+        "/users/users/",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+#[test]
+fn commands_writing_to_a_closed_pipe_end_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let site = Site::new(Backend::Sqlite);
+    site.migrate();
+    for args in [
+        vec!["completions", "bash"],
+        vec!["completions", "fish"],
+        vec!["openapi"],
+        vec!["openapi", "--format", "yaml"],
+        vec!["routes"],
+        vec!["version"],
+        vec!["config", "show"],
+        vec!["user", "list"],
+        vec!["--help"],
+    ] {
+        // The reader is gone before the command starts: its first write fails.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = site
+            .command(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run keystone");
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+    // The daemon keeps ignoring SIGPIPE: a client that goes away is no reason to die.
+    let web = site.serve("web", &[]);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", web.child.id())).expect("status");
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("SigIgn");
+    assert_ne!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{status}");
+}
+
+/// The SMTP check of `email.debug_dir` (upstream's EMAIL_DEBUG_DIR): the file backend is
+/// checked, no SMTP server is dialled (the test site's SMTP port is closed).
+#[test]
+fn health_checks_the_debug_mail_directory_instead_of_smtp() {
+    let mut site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let smtp = |site: &Site| {
+        let out = site.run(&["health", "--direct", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+            .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(&out), stderr(&out)));
+        v["data"]
+            .as_array()
+            .and_then(|checks| checks.iter().find(|c| c["check"] == "SMTP").cloned())
+            .unwrap_or_else(|| panic!("an SMTP check: {v}"))
+    };
+    assert_eq!(smtp(&site)["healthy"], false, "the SMTP port is closed");
+    // A directory that does not exist yet is created, as a delivery creates it.
+    let dir = site.path("mail/out");
+    site.set("EMAIL_DEBUG_DIR", &dir.display().to_string());
+    let check = smtp(&site);
+    assert_eq!(check["healthy"], true, "{check}");
+    assert!(check["error"].is_null(), "{check}");
+    assert!(dir.is_dir());
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").collect();
+    assert!(left.is_empty(), "no probe file left: {left:?}");
+    let web = site.serve("web", &[]);
+    let health = web.get("/health/json/").json();
+    let check = health["data"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["check"] == "SMTP").cloned())
+        .expect("SMTP check");
+    assert_eq!(check["healthy"], true, "{health}");
+    drop(web);
+    // A path that cannot be a directory: unhealthy, with upstream's message.
+    let blocker = site.path("not-a-directory");
+    std::fs::write(&blocker, "x").expect("file");
+    site.set(
+        "EMAIL_DEBUG_DIR",
+        &blocker.join("mail").display().to_string(),
+    );
+    let check = smtp(&site);
+    assert_eq!(check["healthy"], false, "{check}");
+    assert_eq!(
+        check["error"],
+        "Unavailable: Failed to open connection with SMTP server"
+    );
+}
+
+/// `logging.file` (upstream's LOG_APP_FILE) is not implemented on purpose: one warning line,
+/// no error, no file.
+#[test]
+fn a_log_file_setting_gives_one_warning_and_no_file() {
+    let mut site = Site::new(Backend::Sqlite);
+    site.migrate();
+    let log = site.path("keystone.log");
+    site.set("LOG_APP_FILE", &log.display().to_string());
+    let out = site.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("logging.file")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("LOG_APP_FILE"), "{err}");
+    assert!(warnings[0].contains("not supported"), "{err}");
+    // At the daemon's startup too.
+    let web = site.serve("web", &[]);
+    assert_eq!(web.get("/version/").status, 200);
+    let (status, output) = web.stop();
+    assert!(status.success(), "{output}");
+    let startup: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("logging.file") && l.contains("not supported"))
+        .collect();
+    assert_eq!(startup.len(), 1, "{output}");
+    assert!(!log.exists(), "no log file is written");
+    // The TOML key names its line.
+    site.env.remove("LOG_APP_FILE");
+    site.write_config("[logging]\nfile = \"keystone.log\"\n");
+    let out = site.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("logging.file (from ") && stderr(&out).contains("keystone.toml:2"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -14,6 +14,7 @@ mod http_base;
 mod journald;
 mod ldap;
 mod logs;
+mod negotiation;
 mod paths;
 mod research_notifications;
 mod seed;

@@ -357,6 +357,24 @@ pub fn parse_ordered(
     }
 }
 
+/// Parses the query string and checks the ids its foreign-key filters name: the filter
+/// errors and the unknown ids together in one 400 (lists and `/stats/` alike).
+pub async fn parse_checked(
+    params: &[(String, String)],
+    spec: &ListSpec,
+    db: &crate::store::Db,
+    tz: chrono_tz::Tz,
+    default_order: &[(&str, bool)],
+) -> Result<ListQuery, ApiError> {
+    let (query, mut errors) = parse_collect(params, spec, db.engine(), tz, default_order);
+    query.foreign_key_errors(db, &mut errors).await?;
+    if errors.is_empty() {
+        Ok(query)
+    } else {
+        Err(ApiError::Fields(errors))
+    }
+}
+
 /// Parses everything it can and returns the errors beside the query, so that callers can
 /// add the foreign-key errors and report all of them in one 400.
 fn parse_collect(
@@ -824,11 +842,7 @@ where
         + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
 {
     let params = query_pairs(req);
-    let (query, mut errors) = parse_collect(&params, spec, db.engine(), tz, default_order);
-    query.foreign_key_errors(db, &mut errors).await?;
-    if !errors.is_empty() {
-        return Err(ApiError::Fields(errors));
-    }
+    let query = parse_checked(&params, spec, db, tz, default_order).await?;
     let mut count_q = sea_query::Query::select();
     count_q
         .expr(Expr::cust("COUNT(*)"))

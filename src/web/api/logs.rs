@@ -684,43 +684,50 @@ pub fn routes() -> crate::web::route::Routes {
             crate::web::route::Endpoint::protected("logs/")
                 .get(index)
                 .head(index)
-                .options(super::meta("Log Index", "")),
+                .options(super::meta("Log Index", ""))
+                .format_suffix(),
         )
         .push(
             crate::web::route::Endpoint::protected("logs/requests/")
                 .get(requests)
                 .head(requests)
-                .options(staff_options),
+                .options(staff_options)
+                .format_suffix(),
         )
         .push(
             crate::web::route::Endpoint::protected("logs/requests/{id}/")
                 .get(request)
                 .head(request)
-                .options(staff_options),
+                .options(staff_options)
+                .format_suffix(),
         )
         .push(
             crate::web::route::Endpoint::protected("logs/audit/")
                 .get(audit_entries)
                 .head(audit_entries)
-                .options(staff_options),
+                .options(staff_options)
+                .format_suffix(),
         )
         .push(
             crate::web::route::Endpoint::protected("logs/audit/{id}/")
                 .get(audit_entry)
                 .head(audit_entry)
-                .options(staff_options),
+                .options(staff_options)
+                .format_suffix(),
         )
         .push(
             crate::web::route::Endpoint::protected("logs/tasks/")
                 .get(tasks)
                 .head(tasks)
-                .options(staff_options),
+                .options(staff_options)
+                .format_suffix(),
         )
         .push(
             crate::web::route::Endpoint::protected("logs/tasks/{id}/")
                 .get(task)
                 .head(task)
-                .options(staff_options),
+                .options(staff_options)
+                .format_suffix(),
         )
         .push(
             crate::web::route::Endpoint::protected("logs/feed/")

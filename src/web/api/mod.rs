@@ -141,6 +141,7 @@ macro_rules! collection {
             .head($list)
             .post($create)
             .options($crate::web::api::meta($name, ""))
+            .format_suffix()
     };
 }
 
@@ -153,6 +154,7 @@ macro_rules! item {
             .patch($patch)
             .delete($delete)
             .options($crate::web::api::meta($name, ""))
+            .format_suffix()
     };
 }
 
@@ -286,7 +288,15 @@ const ROOTS: [(&str, &[&str]); 4] = [
 #[handler]
 async fn api_root(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = context(depot).map(|(_, _caller)| {
-        let prefix = req.uri().path().trim_matches('/').to_string();
+        // The router prefix: the first segment (also of the suffixed `/users/.json`).
+        let prefix = req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let base = base_url(req);
         let names = ROOTS
             .iter()
@@ -309,7 +319,8 @@ pub fn roots() -> Routes {
             Endpoint::protected(format!("{prefix}/"))
                 .get(api_root)
                 .head(api_root)
-                .options(meta("Api Root", "")),
+                .options(meta("Api Root", ""))
+                .format_suffix(),
         )
     })
 }

@@ -335,7 +335,9 @@ async fn validate(
         return v.finish().map(|_| c);
     }
     if let Some(Some(p)) = password {
-        let problems = crate::identity::passwords::validate(&p);
+        // Without the account, as upstream's serializer validates: the similarity rule
+        // does not apply through the API (domain.md §6.1).
+        let problems = crate::identity::passwords::validate(&p, None);
         if !problems.is_empty() {
             for p in problems {
                 v.error("non_field_errors", p);

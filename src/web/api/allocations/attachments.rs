@@ -927,16 +927,18 @@ pub fn routes() -> crate::web::route::Routes {
             destroy,
             "Attachment Instance"
         ))
-        .push(crate::web::api::read_only!(
-            "allocations/attachments/{id}/download/",
-            download,
-            "Attachment Download"
-        ))
-        .push(crate::web::api::read_only!(
-            "media/allocations/{name}/",
-            media,
-            "Attachment Media"
-        ))
+        .push(
+            crate::web::api::read_only!(
+                "allocations/attachments/{id}/download/",
+                download,
+                "Attachment Download"
+            )
+            .unnegotiated(),
+        )
+        .push(
+            crate::web::api::read_only!("media/allocations/{name}/", media, "Attachment Media")
+                .unnegotiated(),
+        )
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,14 +13,16 @@ pub fn routes() -> crate::web::route::Routes {
             crate::web::route::Endpoint::protected("notifications/notifications/")
                 .get(notifications::list)
                 .head(notifications::list)
-                .options(crate::web::api::meta("Notification List", "")),
+                .options(crate::web::api::meta("Notification List", ""))
+                .format_suffix(),
         )
         .push(
             crate::web::route::Endpoint::protected("notifications/notifications/{id}/")
                 .get(notifications::retrieve)
                 .head(notifications::retrieve)
                 .patch(notifications::patch)
-                .options(crate::web::api::meta("Notification Instance", "")),
+                .options(crate::web::api::meta("Notification Instance", ""))
+                .format_suffix(),
         )
         .push(super::collection!(
             "notifications/preferences/",

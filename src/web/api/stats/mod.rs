@@ -39,15 +39,15 @@ pub fn routes() -> crate::web::route::Routes {
         ))
 }
 
-/// The filter condition of a stats request: the list's field filters (with their 400s and
-/// foreign-key checks); reserved `_` parameters are ignored.
+/// The filter condition of a stats request: the list's field filters, their errors and
+/// unknown foreign-key ids reported together in one 400 as by the lists; reserved `_`
+/// parameters are ignored.
 pub async fn filters(req: &Request, app: &AppState, spec: &ListSpec) -> Result<Cond, ApiError> {
     let params: Vec<(String, String)> = listing::query_pairs(req)
         .into_iter()
         .filter(|(k, _)| !k.starts_with('_'))
         .collect();
-    let query = listing::parse(&params, spec, app.db.engine(), app.config.timezone())?;
-    query.check_foreign_keys(&app.db).await?;
+    let query = listing::parse_checked(&params, spec, &app.db, app.config.timezone(), &[]).await?;
     Ok(query.condition)
 }
 
