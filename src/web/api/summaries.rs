@@ -157,6 +157,42 @@ pub async fn memberships_where(
     crate::store::fetch_all(db, &q).await
 }
 
+/// `_history` for a page: entries of `content_type` for `ids`, newest first, with `_actor`
+/// summaries, in two queries whatever the page size.
+pub async fn history(
+    db: &Db,
+    content_type: &str,
+    ids: &[i64],
+) -> Result<HashMap<i64, Vec<Value>>, DbError> {
+    let mut out: HashMap<i64, Vec<Value>> = HashMap::new();
+    let rows = crate::store::audit::entries(db, content_type, ids).await?;
+    let actor_ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
+    let actors = users_by_id(db, &actor_ids).await?;
+    for r in rows {
+        let Some(object_id) = r.object_id else {
+            continue;
+        };
+        let changes: Value = r
+            .changes
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or(Value::Null);
+        let actor = r
+            .actor_id
+            .and_then(|a| actors.get(&a).cloned())
+            .unwrap_or(Value::Null);
+        out.entry(object_id).or_default().push(json!({
+            "id": r.id,
+            "timestamp": render_datetime(&r.timestamp),
+            "action": crate::store::audit::action_label(r.action),
+            "actor": r.actor_id,
+            "_actor": actor,
+            "changes": changes,
+        }));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,40 +246,4 @@ mod tests {
             .with_timezone(&Utc);
         assert_eq!(render_datetime(&dt), "2026-11-26T07:31:35Z");
     }
-}
-
-/// `_history` for a page: entries of `content_type` for `ids`, newest first, with `_actor`
-/// summaries, in two queries whatever the page size.
-pub async fn history(
-    db: &Db,
-    content_type: &str,
-    ids: &[i64],
-) -> Result<HashMap<i64, Vec<Value>>, DbError> {
-    let mut out: HashMap<i64, Vec<Value>> = HashMap::new();
-    let rows = crate::store::audit::entries(db, content_type, ids).await?;
-    let actor_ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
-    let actors = users_by_id(db, &actor_ids).await?;
-    for r in rows {
-        let Some(object_id) = r.object_id else {
-            continue;
-        };
-        let changes: Value = r
-            .changes
-            .as_deref()
-            .and_then(|c| serde_json::from_str(c).ok())
-            .unwrap_or(Value::Null);
-        let actor = r
-            .actor_id
-            .and_then(|a| actors.get(&a).cloned())
-            .unwrap_or(Value::Null);
-        out.entry(object_id).or_default().push(json!({
-            "id": r.id,
-            "timestamp": render_datetime(&r.timestamp),
-            "action": crate::store::audit::action_label(r.action),
-            "actor": r.actor_id,
-            "_actor": actor,
-            "changes": changes,
-        }));
-    }
-    Ok(out)
 }
