@@ -222,9 +222,10 @@ pub fn user_visible(staff: bool, user_active: bool) -> bool {
     staff || user_active
 }
 
-/// Whether a non-staff caller may see a membership (§6.3): team and user both active.
-pub fn membership_visible(staff: bool, team_active: bool, user_active: bool) -> bool {
-    staff || (team_active && user_active)
+/// Whether a non-staff caller may see a membership (§6.3): team and user both active (staff
+/// see every membership, without asking for either).
+pub fn membership_visible(team_active: bool, user_active: bool) -> bool {
+    team_active && user_active
 }
 
 #[cfg(test)]
@@ -406,9 +407,8 @@ mod tests {
         assert!(cluster_usable("BL", false) && !cluster_usable("BL", true));
         assert!(!team_visible(false, false) && team_visible(true, false));
         assert!(!user_visible(false, false) && user_visible(true, false));
-        assert!(membership_visible(false, true, true));
-        assert!(!membership_visible(false, true, false) && !membership_visible(false, false, true));
-        assert!(membership_visible(true, false, false));
+        assert!(membership_visible(true, true));
+        assert!(!membership_visible(true, false) && !membership_visible(false, true));
         assert_eq!(Role::from_code("AD"), Some(Role::Admin));
         assert!(Role::Owner.is_privileged() && !Role::Member.is_privileged());
         assert_eq!(Role::from_code("XX"), None);

@@ -24,8 +24,6 @@ pub struct Heartbeat {
     started: chrono::DateTime<Utc>,
 }
 
-pub use crate::daemon::node_id as identity;
-
 /// The queue's producer is how tasks enqueue sub-tasks; the queue itself knows task names,
 /// not task code, so the link between the two is made here, where both are used.
 #[async_trait::async_trait]
@@ -50,7 +48,7 @@ impl Heartbeat {
     pub fn new(db: Db, role: &str) -> Self {
         Heartbeat {
             db,
-            worker: identity(),
+            worker: crate::daemon::node_id(),
             role: role.to_string(),
             started: Utc::now(),
         }
@@ -151,7 +149,7 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let visibility = Duration::from_secs(config.settings.worker.visibility_timeout.max(1));
     let shared = Arc::new(Shared {
-        identity: identity(),
+        identity: crate::daemon::node_id(),
         max_deliveries: u64::from(config.settings.worker.max_deliveries.max(1)),
         extend_every: (visibility / 3).max(Duration::from_millis(200)),
         config,

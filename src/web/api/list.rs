@@ -661,17 +661,6 @@ impl ListQuery {
         select.limit(self.limit).offset(self.offset);
     }
 
-    /// Rejects filters naming ids that do not exist in the referenced table.
-    pub async fn check_foreign_keys(&self, db: &crate::store::Db) -> Result<(), ApiError> {
-        let mut errors = Map::new();
-        self.foreign_key_errors(db, &mut errors).await?;
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Fields(errors))
-        }
-    }
-
     /// Adds an error for each foreign-key filter naming an id that does not exist.
     async fn foreign_key_errors(
         &self,

@@ -187,7 +187,7 @@ async fn visible(db: &Db, caller: &Caller, id: i64) -> Result<MembershipRow, Api
     if !caller.is_staff() {
         let team_ok = team_active(db, m.team_id).await?.unwrap_or(false);
         let user_ok = user_active(db, m.user_id).await?.unwrap_or(false);
-        if !(team_ok && user_ok) {
+        if !crate::domain::policy::membership_visible(team_ok, user_ok) {
             return Err(ApiError::no_match(MODEL));
         }
     }

@@ -5,7 +5,7 @@ use super::fields::{Text, Validator};
 use super::list::{self as listing, Column, Kind, ListSpec, search};
 use super::summaries::{self, TeamRow, user_summary};
 use super::{Caller, body, context, path_id};
-use crate::domain::policy::Role;
+use crate::domain::policy::{self, Role};
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
@@ -187,7 +187,7 @@ async fn visible(db: &Db, caller: &Caller, id: i64) -> Result<TeamRow, ApiError>
     let team = by_id(db, id)
         .await?
         .ok_or_else(|| ApiError::no_match(MODEL))?;
-    if !team.is_active && !caller.is_staff() {
+    if !policy::team_visible(caller.is_staff(), team.is_active) {
         return Err(ApiError::no_match(MODEL));
     }
     Ok(team)

@@ -232,7 +232,7 @@ async fn visible_user(
     let user = crate::store::users::by_id(&app.db, id)
         .await?
         .ok_or_else(|| ApiError::no_match(MODEL))?;
-    if !user.is_active && !caller.is_staff() {
+    if !crate::domain::policy::user_visible(caller.is_staff(), user.is_active) {
         return Err(ApiError::no_match(MODEL));
     }
     Ok(user)

@@ -231,11 +231,10 @@ pub async fn team_may_use(db: &Db, cluster: &ClusterRow, team_id: i64) -> Result
     .fetch_one(p)
     .await
     })?;
-    Ok(match cluster.access_mode.as_str() {
-        "WL" => listed > 0,
-        "BL" => listed == 0,
-        _ => true,
-    })
+    Ok(crate::domain::policy::cluster_usable(
+        &cluster.access_mode,
+        listed > 0,
+    ))
 }
 
 pub fn repr(c: &ClusterRow) -> String {
