@@ -5,7 +5,8 @@
 //! backslashes), before any redirect or handler runs; a percent-encoded ordinary character
 //! (`/%75sers/users/`) is decoded, as Django does, and reaches its route's full checks.
 
-use percent_encoding::percent_decode_str;
+use percent_encoding::percent_decode;
+use std::borrow::Cow;
 
 /// Whether the raw path of a request is one the router may see. `Err` carries the reason
 /// (for the debug log).
@@ -25,10 +26,10 @@ pub fn check(path: &str) -> Result<(), &'static str> {
             }
             return Err("has an empty segment");
         }
-        if !well_formed_escapes(segment) {
+        let Some(decoded) = percent_decode_strict(segment.as_bytes()) else {
             return Err("has a malformed percent-escape");
-        }
-        let Ok(decoded) = percent_decode_str(segment).decode_utf8() else {
+        };
+        let Ok(decoded) = std::str::from_utf8(&decoded) else {
             return Err("is not UTF-8 once decoded");
         };
         if decoded == "." || decoded == ".." {
@@ -44,27 +45,30 @@ pub fn check(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Every `%` starts a two-digit hex escape.
-fn well_formed_escapes(segment: &str) -> bool {
-    let bytes = segment.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = |b: Option<&u8>| b.is_some_and(u8::is_ascii_hexdigit);
-            if !hex(bytes.get(i + 1)) || !hex(bytes.get(i + 2)) {
-                return false;
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    true
+/// Percent-decodes `bytes`, or `None` unless every `%` starts a two-digit hex escape (the
+/// crate's decoder keeps a malformed escape as it is).
+pub fn percent_decode_strict(bytes: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let decoded: Cow<'_, [u8]> = percent_decode(bytes).into();
+    // Each well-formed escape turns its three bytes into one; a malformed `%` stays one byte.
+    let escapes = bytes.iter().filter(|b| **b == b'%').count();
+    (decoded.len() + 2 * escapes == bytes.len()).then_some(decoded)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{check, percent_decode_strict};
+
+    #[test]
+    fn strict_decoding_refuses_malformed_escapes() {
+        let decode = |s: &str| percent_decode_strict(s.as_bytes()).map(|d| d.into_owned());
+        assert_eq!(decode("a%2Fb%20c"), Some(b"a/b c".to_vec()));
+        assert_eq!(decode("%C3%A9"), Some("é".as_bytes().to_vec()));
+        assert_eq!(decode("%25zz"), Some(b"%zz".to_vec()));
+        assert_eq!(decode("plain"), Some(b"plain".to_vec()));
+        for malformed in ["%", "%4", "%zz", "%%41", "a%+1", "%4g"] {
+            assert_eq!(decode(malformed), None, "{malformed}");
+        }
+    }
 
     #[test]
     fn canonical_paths_pass() {

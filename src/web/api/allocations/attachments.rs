@@ -19,8 +19,10 @@ use crate::web::api::fields::{Text, Validator, pk_value};
 use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search, search_via};
 use crate::web::api::summaries::render_datetime;
 use crate::web::api::{Caller, context, path_id};
+use crate::web::canonical::percent_decode_strict;
 use crate::{on_db, on_tx};
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use salvo::http::StatusCode;
 use salvo::http::header::{self, HeaderValue};
 use salvo::oapi::ToSchema;
@@ -28,6 +30,7 @@ use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -1002,8 +1005,9 @@ fn disposition_file_name(header: &[u8]) -> Option<String> {
         v.to_vec()
     };
     // Legacy percent-encoding in `filename` is decoded when it yields UTF-8.
-    let decoded = percent_decode(&raw)
+    let decoded = percent_decode_strict(&raw)
         .filter(|d| std::str::from_utf8(d).is_ok())
+        .map(Cow::into_owned)
         .unwrap_or(raw);
     Some(String::from_utf8_lossy(&decoded).into_owned())
 }
@@ -1047,30 +1051,14 @@ fn decode_ext_value(v: &[u8]) -> Option<String> {
     let mut parts = text.splitn(3, '\'');
     let charset = parts.next()?;
     let _lang = parts.next()?;
-    let bytes = percent_decode(parts.next()?.as_bytes())?;
+    let bytes = percent_decode_strict(parts.next()?.as_bytes())?;
     if charset.eq_ignore_ascii_case("utf-8") {
-        String::from_utf8(bytes).ok()
+        String::from_utf8(bytes.into_owned()).ok()
     } else if charset.eq_ignore_ascii_case("iso-8859-1") {
         Some(bytes.iter().map(|b| char::from(*b)).collect())
     } else {
         None
     }
-}
-
-fn percent_decode(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
 }
 
 /// Upstream's (Django's) reading of a client file name: the part after the last `/` or
@@ -1274,29 +1262,36 @@ pub fn content_disposition(name: &str) -> String {
             }
         })
         .collect();
-    let mut encoded = String::new();
-    for b in name.bytes() {
-        // attr-char of RFC 5987.
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            encoded.push(char::from(b));
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
+    let encoded = utf8_percent_encode(name, NOT_ATTR_CHAR);
     format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
+/// Bytes outside RFC 5987's attr-char, percent-encoded in `filename*`.
+const NOT_ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// Bytes other than unreserved characters and `/`, percent-encoded in X-Accel-Redirect.
+const NOT_UNRESERVED_OR_SLASH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
 /// Percent-encodes everything but unreserved characters and `/` (for X-Accel-Redirect).
 fn percent_encode_path(path: &str) -> String {
-    let mut out = String::new();
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(path, NOT_UNRESERVED_OR_SLASH).to_string()
 }
 
 #[cfg(test)]
@@ -1371,6 +1366,15 @@ mod tests {
         assert_eq!(fitted.chars().count(), 250);
         assert!(fitted.ends_with(".txt"));
         assert_eq!(fit_name("short.txt", 250), "short.txt");
+    }
+
+    #[test]
+    fn accel_paths_encode_all_but_unreserved_and_slash() {
+        assert_eq!(
+            percent_encode_path("allocations/a b%é~_-.txt"),
+            "allocations/a%20b%25%C3%A9~_-.txt"
+        );
+        assert_eq!(percent_encode_path("x?y#z"), "x%3Fy%23z");
     }
 
     #[test]
