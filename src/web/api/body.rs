@@ -38,6 +38,13 @@ impl Body {
     }
 }
 
+/// The media types `read` accepts, as the OpenAPI document lists them.
+pub const MEDIA_TYPES: [&str; 3] = [
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+];
+
 fn media_type(req: &Request) -> Option<String> {
     req.headers()
         .get(salvo::http::header::CONTENT_TYPE)

@@ -73,6 +73,9 @@ struct Upload {
     files: Vec<tokens::FilePart>,
 }
 
+/// The media types a job may come in, as the OpenAPI document lists them.
+pub const MEDIA_TYPES: [&str; 2] = ["multipart/form-data", "application/json"];
+
 /// Reads and validates the job (§12.1): JSON or multipart only, `job` as an object or a
 /// JSON string.
 async fn read_job(req: &mut Request, max_steps: usize) -> Result<Upload, job::Invalid> {
@@ -88,8 +91,7 @@ async fn read_job(req: &mut Request, max_steps: usize) -> Result<Upload, job::In
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        if !essence.is_empty() && essence != "application/json" && essence != "multipart/form-data"
-        {
+        if !essence.is_empty() && !MEDIA_TYPES.contains(&essence.as_str()) {
             return Err(ApiError::UnsupportedMediaType(ct.clone()).into());
         }
     }
