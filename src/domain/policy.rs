@@ -3,6 +3,8 @@
 //! The web layer works out the standing (staff flag, membership role, ownership) and asks
 //! [`decide`]; visibility rules that answer 404 rather than 403 are separate functions.
 
+use super::error::DomainError;
+
 /// A membership role (domain.md §3.1), weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -86,6 +88,17 @@ impl Operation {
         Operation::Modify,
         Operation::Destroy,
     ];
+
+    /// The HTTP method that asks for the operation.
+    pub const fn method(self) -> &'static str {
+        match self {
+            Operation::List | Operation::Retrieve => "GET",
+            Operation::Create => "POST",
+            Operation::Replace => "PUT",
+            Operation::Modify => "PATCH",
+            Operation::Destroy => "DELETE",
+        }
+    }
 }
 
 /// How the caller stands towards the record (for a create: towards the team the body names).
@@ -202,6 +215,16 @@ pub fn decide(resource: Resource, op: Operation, s: Standing) -> Decision {
     }
 }
 
+/// [`decide`] as a result: the refusal is a [`DomainError`] the web edge maps to its status.
+pub fn authorize(resource: Resource, op: Operation, s: Standing) -> Result<(), DomainError> {
+    match decide(resource, op, s) {
+        Decision::Allow => Ok(()),
+        Decision::Unauthenticated => Err(DomainError::Unauthenticated),
+        Decision::Forbidden => Err(DomainError::Forbidden),
+        Decision::NotOffered => Err(DomainError::NotOffered(op.method())),
+    }
+}
+
 /// Whether a cluster is usable by a team (domain.md §3.5.1): open, whitelisted with the team
 /// on its list, or blacklisted without it. `listed` says whether the team is on the list.
 pub fn cluster_usable(access_mode: &str, listed: bool) -> bool {
@@ -231,6 +254,28 @@ pub fn membership_visible(team_active: bool, user_active: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `authorize` is `decide` as a result, with the method of a refused operation.
+    #[test]
+    fn authorize_reports_refusals_as_domain_errors() {
+        use Operation::*;
+        let member = Standing::with_role(Role::Member);
+        assert_eq!(authorize(Resource::Grants, Modify, member), Ok(()));
+        assert_eq!(
+            authorize(Resource::Grants, Modify, Standing::STRANGER),
+            Err(DomainError::Forbidden)
+        );
+        assert_eq!(
+            authorize(Resource::Grants, List, Standing::ANONYMOUS),
+            Err(DomainError::Unauthenticated)
+        );
+        assert_eq!(
+            authorize(Resource::Notifications, Replace, Standing::staff()),
+            Err(DomainError::NotOffered("PUT"))
+        );
+        let methods: Vec<&str> = Operation::ALL.iter().map(|o| o.method()).collect();
+        assert_eq!(methods, ["GET", "POST", "GET", "PUT", "PATCH", "DELETE"]);
+    }
 
     /// The callers of the matrix, in column order.
     fn callers() -> [(&'static str, Standing); 8] {

@@ -70,6 +70,21 @@ pub enum ApiError {
     Internal,
 }
 
+/// The one place a domain refusal becomes an HTTP answer (status and upstream's body).
+impl From<crate::domain::DomainError> for ApiError {
+    fn from(e: crate::domain::DomainError) -> Self {
+        use crate::domain::DomainError as D;
+        match e {
+            D::Invalid(fields) => ApiError::Fields(fields),
+            D::Unauthenticated => ApiError::not_authenticated(),
+            D::Forbidden => ApiError::forbidden(),
+            D::NotOffered(method) => ApiError::MethodNotAllowed(method.into()),
+            D::NotFound(model) => ApiError::no_match(model),
+            D::Conflict(message) => ApiError::Conflict(message),
+        }
+    }
+}
+
 pub const NOT_AUTHENTICATED: &str = "Authentication credentials were not provided.";
 pub const NO_PERMISSION: &str = "You do not have permission to perform this action.";
 
@@ -479,5 +494,48 @@ mod tests {
         assert!(!host_allowed("evil.org", &allowed));
         assert!(!host_allowed("badexample.org", &allowed));
         assert!(host_allowed("anything", &["*".to_string()]));
+    }
+
+    /// Each domain refusal answers with upstream's status and body.
+    #[test]
+    fn domain_refusals_become_upstreams_answers() {
+        use crate::domain::DomainError as D;
+        let answer = |e: D| {
+            let e = ApiError::from(e);
+            (e.status().as_u16(), e.body())
+        };
+        assert_eq!(
+            answer(D::field("name", "This field is required.")),
+            (
+                400,
+                serde_json::json!({"name": ["This field is required."]})
+            )
+        );
+        assert_eq!(
+            answer(D::Unauthenticated),
+            (401, serde_json::json!({"detail": NOT_AUTHENTICATED}))
+        );
+        assert_eq!(
+            answer(D::Forbidden),
+            (403, serde_json::json!({"detail": NO_PERMISSION}))
+        );
+        assert_eq!(
+            answer(D::NotOffered("PUT")),
+            (
+                405,
+                serde_json::json!({"detail": "Method \"PUT\" not allowed."})
+            )
+        );
+        assert_eq!(
+            answer(D::NotFound("Team")),
+            (
+                404,
+                serde_json::json!({"detail": "No Team matches the given query."})
+            )
+        );
+        assert_eq!(
+            answer(D::Conflict("busy".into())),
+            (409, serde_json::json!({"detail": "busy"}))
+        );
     }
 }

@@ -332,7 +332,7 @@ async fn validate(
         }
     }
     if v.has_errors() {
-        return v.finish().map(|_| c);
+        return v.finish().map(|_| c).map_err(Into::into);
     }
     if let Some(Some(p)) = password {
         // Without the account, as upstream's serializer validates: the similarity rule
@@ -342,7 +342,7 @@ async fn validate(
             for p in problems {
                 v.error("non_field_errors", p);
             }
-            return v.finish().map(|_| c);
+            return v.finish().map(|_| c).map_err(Into::into);
         }
         c.password = Some(p);
     }
