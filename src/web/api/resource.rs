@@ -276,6 +276,12 @@ pub trait Resource: Send + Sync + Sized + 'static {
         None
     }
 
+    /// The answer when a create or update hits a unique constraint (`None`: the database
+    /// error), for a race past the uniqueness check of validation.
+    fn duplicate() -> Option<ApiError> {
+        None
+    }
+
     /// The request body schemas (PUT/POST, PATCH) when the resource documents them as
     /// types; otherwise the document takes them from `openapi::request_bodies`.
     fn request_body(_components: &mut Components, _patch: bool) -> Option<RefOr<Schema>> {
@@ -392,6 +398,16 @@ async fn update_row<R: Resource>(tx: &mut Tx, row: &R::Row) -> Result<(), DbErro
     Ok(())
 }
 
+/// A failed insert or update: a unique violation answers `R::duplicate()` when declared.
+fn write_error<R: Resource>(e: DbError) -> ApiError {
+    match e {
+        DbError::Query(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            R::duplicate().unwrap_or_else(|| DbError::Query(sqlx::Error::Database(d)).into())
+        }
+        e => e.into(),
+    }
+}
+
 async fn list<R: Resource>(
     req: &mut Request,
     depot: &mut Depot,
@@ -452,7 +468,7 @@ async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::
     let (mut row, extra) = R::validate(&app.db, &caller, &body, false, None).await?;
     let ctx = crate::web::api::users::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
-    let id = insert::<R>(&mut tx, &row).await?;
+    let id = insert::<R>(&mut tx, &row).await.map_err(write_error::<R>)?;
     R::set_id(&mut row, id);
     R::after_write(&mut tx, &row, extra, Action::Create).await?;
     let text = R::repr(&mut tx, &row).await?;
@@ -490,7 +506,9 @@ async fn update<R: Resource>(
     let (after, extra) = R::validate(&app.db, &caller, &body, partial, Some(&current)).await?;
     let ctx = crate::web::api::users::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
-    update_row::<R>(&mut tx, &after).await?;
+    update_row::<R>(&mut tx, &after)
+        .await
+        .map_err(write_error::<R>)?;
     R::after_write(&mut tx, &after, extra, Action::Update).await?;
     let text = R::repr(&mut tx, &after).await?;
     audit::record(

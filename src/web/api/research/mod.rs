@@ -18,20 +18,7 @@ use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
 pub fn routes() -> crate::web::route::Routes {
     crate::web::route::Routes::new()
         .push(super::resource::routes::<grants::Grants>())
-        .push(super::collection!(
-            "research/publications/",
-            publications::list,
-            publications::create,
-            "Publication List"
-        ))
-        .push(super::item!(
-            "research/publications/{id}/",
-            publications::retrieve,
-            publications::put,
-            publications::patch,
-            publications::destroy,
-            "Publication Instance"
-        ))
+        .push(super::resource::routes::<publications::Publications>())
 }
 
 /// The ids of the teams `user_id` holds a membership in (any role, active or not), as a
