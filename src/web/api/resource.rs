@@ -12,7 +12,7 @@
 //! and its rule, then validation (400).
 
 use crate::config::Engine;
-use crate::store::audit::{self, Action, Snapshot};
+use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::{Db, DbError, Tx};
 use crate::web::ApiError;
 use crate::web::api::body::{self, Body};
@@ -210,6 +210,8 @@ pub trait Resource: Send + Sync + Sized + 'static {
     const TABLE: &'static str;
     /// Audit content type, e.g. `allocations | Cluster`.
     const CONTENT_TYPE: &'static str;
+    /// Whether writes leave audit entries (false: neither `repr` nor `snapshot` is used).
+    const AUDITED: bool = true;
     /// Model name of the 404 message.
     const MODEL: &'static str;
     /// Stored fields, `id` first, in the audit trail's order.
@@ -408,6 +410,35 @@ fn write_error<R: Resource>(e: DbError) -> ApiError {
     }
 }
 
+/// The audit entry of a write (`before`/`after`: the record's states), for audited
+/// resources.
+async fn record<R: Resource>(
+    tx: &mut Tx,
+    ctx: &AuditContext,
+    action: Action,
+    before: Option<&R::Row>,
+    after: Option<&R::Row>,
+) -> Result<(), ApiError> {
+    let Some(row) = after.or(before).filter(|_| R::AUDITED) else {
+        return Ok(());
+    };
+    let text = R::repr(tx, row).await?;
+    audit::record(
+        tx,
+        ctx,
+        R::CONTENT_TYPE,
+        R::id(row),
+        &text,
+        action,
+        audit::changes(
+            before.map(R::snapshot).as_ref(),
+            after.map(R::snapshot).as_ref(),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
 async fn list<R: Resource>(
     req: &mut Request,
     depot: &mut Depot,
@@ -471,17 +502,7 @@ async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::
     let id = insert::<R>(&mut tx, &row).await.map_err(write_error::<R>)?;
     R::set_id(&mut row, id);
     R::after_write(&mut tx, &row, extra, Action::Create).await?;
-    let text = R::repr(&mut tx, &row).await?;
-    audit::record(
-        &mut tx,
-        &ctx,
-        R::CONTENT_TYPE,
-        id,
-        &text,
-        Action::Create,
-        audit::changes(None, Some(&R::snapshot(&row))),
-    )
-    .await?;
+    record::<R>(&mut tx, &ctx, Action::Create, None, Some(&row)).await?;
     tx.commit().await?;
     represent_one::<R>(&app.db, &row).await
 }
@@ -510,17 +531,7 @@ async fn update<R: Resource>(
         .await
         .map_err(write_error::<R>)?;
     R::after_write(&mut tx, &after, extra, Action::Update).await?;
-    let text = R::repr(&mut tx, &after).await?;
-    audit::record(
-        &mut tx,
-        &ctx,
-        R::CONTENT_TYPE,
-        R::id(&after),
-        &text,
-        Action::Update,
-        audit::changes(Some(&R::snapshot(&current)), Some(&R::snapshot(&after))),
-    )
-    .await?;
+    record::<R>(&mut tx, &ctx, Action::Update, Some(&current), Some(&after)).await?;
     tx.commit().await?;
     represent_one::<R>(&app.db, &after).await
 }
@@ -536,17 +547,7 @@ async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<()
     let ctx = crate::web::api::users::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
     R::before_delete(&mut tx, &row).await?;
-    let text = R::repr(&mut tx, &row).await?;
-    audit::record(
-        &mut tx,
-        &ctx,
-        R::CONTENT_TYPE,
-        R::id(&row),
-        &text,
-        Action::Delete,
-        audit::changes(Some(&R::snapshot(&row)), None),
-    )
-    .await?;
+    record::<R>(&mut tx, &ctx, Action::Delete, Some(&row), None).await?;
     let sql = format!("DELETE FROM {} WHERE id = $1", R::TABLE);
     let id = R::id(&row);
     let deleted = crate::on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))

@@ -24,18 +24,5 @@ pub fn routes() -> crate::web::route::Routes {
                 .options(crate::web::api::meta("Notification Instance", ""))
                 .format_suffix(),
         )
-        .push(super::collection!(
-            "notifications/preferences/",
-            preferences::list,
-            preferences::create,
-            "Preference List"
-        ))
-        .push(super::item!(
-            "notifications/preferences/{id}/",
-            preferences::retrieve,
-            preferences::put,
-            preferences::patch,
-            preferences::destroy,
-            "Preference Instance"
-        ))
+        .push(super::resource::routes::<preferences::Preferences>())
 }
