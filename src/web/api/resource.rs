@@ -172,6 +172,9 @@ impl Policy {
 /// The texts of one operation: summary and description (wrapped lines are joined).
 pub type Text = (&'static str, &'static str);
 
+/// The texts of an operation the resource does not offer (see `Resource::OPS`).
+pub const UNOFFERED: Text = ("", "");
+
 /// What the OpenAPI document and the OPTIONS metadata say about a resource.
 pub struct Docs {
     pub tag: &'static str,
@@ -220,6 +223,9 @@ pub trait Resource: Send + Sync + Sized + 'static {
     const SPEC: ListSpec;
     const POLICY: Policy;
     const DOCS: Docs;
+    /// The operations served (and documented); the others answer 405 like any method the
+    /// route does not map.
+    const OPS: &'static [Op] = &Op::ALL;
 
     fn id(row: &Self::Row) -> i64;
     fn set_id(row: &mut Self::Row, id: i64);
@@ -578,6 +584,15 @@ pub enum Op {
 }
 
 impl Op {
+    pub const ALL: [Op; 6] = [
+        Op::List,
+        Op::Retrieve,
+        Op::Create,
+        Op::Update,
+        Op::PartialUpdate,
+        Op::Destroy,
+    ];
+
     fn suffix(self) -> &'static str {
         match self {
             Op::List => "list",
@@ -659,24 +674,34 @@ impl<R: Resource, const OP: u8> Handler for Handle<R, OP> {
 }
 
 /// The routes of a resource: the collection and the item, protected (the gate decides who
-/// may reach them; the policy above decides the rest).
+/// may reach them; the policy above decides the rest), with the operations of `R::OPS`.
 pub fn routes<R: Resource>() -> crate::web::route::Routes {
-    let item = format!("{}{{id}}/", R::PATH);
-    crate::web::route::Routes::new()
-        .push(crate::web::api::collection!(
-            R::PATH,
-            List::<R>::new(),
-            Create::<R>::new(),
-            R::DOCS.list_name
-        ))
-        .push(crate::web::api::item!(
-            item,
-            Retrieve::<R>::new(),
-            Update::<R>::new(),
-            PartialUpdate::<R>::new(),
-            Destroy::<R>::new(),
-            R::DOCS.item_name
-        ))
+    use crate::web::route::{Endpoint, Routes};
+    let offers = |op: Op| R::OPS.contains(&op);
+    let mut list = Endpoint::protected(R::PATH);
+    if offers(Op::List) {
+        list = list.get(List::<R>::new()).head(List::<R>::new());
+    }
+    if offers(Op::Create) {
+        list = list.post(Create::<R>::new());
+    }
+    let mut item = Endpoint::protected(format!("{}{{id}}/", R::PATH));
+    if offers(Op::Retrieve) {
+        item = item.get(Retrieve::<R>::new()).head(Retrieve::<R>::new());
+    }
+    if offers(Op::Update) {
+        item = item.put(Update::<R>::new());
+    }
+    if offers(Op::PartialUpdate) {
+        item = item.patch(PartialUpdate::<R>::new());
+    }
+    if offers(Op::Destroy) {
+        item = item.delete(Destroy::<R>::new());
+    }
+    let meta = crate::web::api::meta;
+    Routes::new()
+        .push(list.options(meta(R::DOCS.list_name, "")).format_suffix())
+        .push(item.options(meta(R::DOCS.item_name, "")).format_suffix())
 }
 
 /// `TypeId` of a handler, for the OpenAPI endpoint registry.
@@ -781,7 +806,7 @@ pub fn endpoint<R: Resource, const OP: u8>() -> Documented {
 }
 
 /// Registers the six operations of a resource in the OpenAPI document (once per resource,
-/// next to its declaration).
+/// next to its declaration). The document shows those `routes` mounts, i.e. `R::OPS`.
 #[macro_export]
 macro_rules! document_resource {
     ($r:ty) => {

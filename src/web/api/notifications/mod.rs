@@ -9,20 +9,6 @@ pub mod preferences;
 /// The routes of this family.
 pub fn routes() -> crate::web::route::Routes {
     crate::web::route::Routes::new()
-        .push(
-            crate::web::route::Endpoint::protected("notifications/notifications/")
-                .get(notifications::list)
-                .head(notifications::list)
-                .options(crate::web::api::meta("Notification List", ""))
-                .format_suffix(),
-        )
-        .push(
-            crate::web::route::Endpoint::protected("notifications/notifications/{id}/")
-                .get(notifications::retrieve)
-                .head(notifications::retrieve)
-                .patch(notifications::patch)
-                .options(crate::web::api::meta("Notification Instance", ""))
-                .format_suffix(),
-        )
+        .push(super::resource::routes::<notifications::Notifications>())
         .push(super::resource::routes::<preferences::Preferences>())
 }

@@ -1,24 +1,56 @@
 //! `/notifications/notifications/` (domain.md §9.1): staff list everyone's notifications,
 //! other users their own; only the recipient retrieves one or changes its `read` flag.
+//! Notifications are created by background jobs and not audited; the API offers no create,
+//! full update or delete (405).
 
-use crate::on_db;
-use crate::store::Db;
+use crate::store::{Db, Tx};
 use crate::web::ApiError;
+use crate::web::api::Caller;
+use crate::web::api::body::Body;
 use crate::web::api::fields::Validator;
-use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search, search_via};
+use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
+use crate::web::api::resource::{
+    Docs, Field, Fut, Op, Policy, Resource, UNOFFERED, Val, Who, Write,
+};
 use crate::web::api::summaries::{self, render_datetime, user_summary};
-use crate::web::api::{Caller, body, context, path_id};
+use crate::web::api::users::UserSummaryDoc;
 use chrono::{DateTime, Utc};
-use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
-use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const MODEL: &str = "Notification";
 pub const TABLE: &str = "notifications_notification";
 pub const TYPES: &[&str] = &["GM", "RE", "RD"];
+
+/// Only `read` is written through the API.
+const FIELDS: [Field<NotificationRow>; 7] = [
+    Field::id(|n| Val::Int(n.id)),
+    Field::new("time", Kind::DateTime, |n: &NotificationRow| {
+        Val::DateTime(n.time)
+    })
+    .write(Write::Create),
+    Field::new("read", Kind::Bool, |n| Val::Bool(n.read)),
+    Field::new("subject", Kind::Text, |n: &NotificationRow| {
+        Val::Text(n.subject.clone())
+    })
+    .write(Write::Create),
+    Field::new("message_html", Kind::Text, |n: &NotificationRow| {
+        Val::Text(n.message_html.clone())
+    })
+    .write(Write::Create),
+    Field::new(
+        "notification_type",
+        Kind::Choice(TYPES),
+        |n: &NotificationRow| Val::Text(n.notification_type.clone()),
+    )
+    .write(Write::Create),
+    Field::new("user", Kind::Fk("users_user"), |n: &NotificationRow| {
+        Val::Int(n.user_id)
+    })
+    .write(Write::Create),
+];
 
 pub const FILTERS: &[Column] = &[
     Column::new("id", Kind::Int),
@@ -53,19 +85,11 @@ pub const SPEC: ListSpec = ListSpec {
     ],
 };
 
-const SELECT_COLUMNS: [&str; 7] = [
-    "id",
-    "time",
-    "read",
-    "subject",
-    "message_html",
-    "notification_type",
-    "user_id",
-];
-
+// A notification as the API renders and documents it (a doc comment here would become the
+// schema's description).
 #[derive(Serialize, ToSchema)]
 #[salvo(schema(name = "Notification"))]
-pub struct NotificationDoc {
+pub struct Notification {
     pub id: i64,
     pub time: String,
     pub read: bool,
@@ -73,16 +97,8 @@ pub struct NotificationDoc {
     pub message_html: String,
     pub notification_type: String,
     pub user: i64,
-    pub _user: crate::web::api::users::UserSummaryDoc,
-}
-
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PaginatedNotificationList"))]
-pub struct NotificationPage {
-    pub count: i64,
-    pub next: Option<String>,
-    pub previous: Option<String>,
-    pub results: Vec<NotificationDoc>,
+    #[salvo(schema(value_type = UserSummaryDoc))]
+    pub _user: Value,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -104,134 +120,130 @@ pub fn scope(q: &mut SelectStatement, caller: &Caller) {
 }
 
 /// Representations of a page: the recipients in one query whatever the page size.
-pub async fn represent(db: &Db, rows: &[NotificationRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, rows: &[NotificationRow]) -> Result<Vec<Notification>, ApiError> {
     let user_ids: Vec<i64> = rows.iter().map(|n| n.user_id).collect();
     let users = summaries::load_users(db, &user_ids).await?;
     Ok(rows
         .iter()
-        .map(|n| {
-            json!({
-                "id": n.id,
-                "time": render_datetime(&n.time),
-                "read": n.read,
-                "subject": n.subject,
-                "message_html": n.message_html,
-                "notification_type": n.notification_type,
-                "user": n.user_id,
-                "_user": users.iter().find(|u| u.id == n.user_id).map(user_summary).unwrap_or(Value::Null),
-            })
+        .map(|n| Notification {
+            id: n.id,
+            time: render_datetime(&n.time),
+            read: n.read,
+            subject: n.subject.clone(),
+            message_html: n.message_html.clone(),
+            notification_type: n.notification_type.clone(),
+            user: n.user_id,
+            _user: users
+                .iter()
+                .find(|u| u.id == n.user_id)
+                .map(user_summary)
+                .unwrap_or(Value::Null),
         })
         .collect())
 }
 
-/// List notifications.
-///
-/// Returns a list of user notifications. Non-staff users are only returned their own
-/// notifications. Staff users are returned all notifications.
-#[endpoint(
-    operation_id = "notifications_notifications_list",
-    tags("Notifications - Notifications"),
-    responses((status_code = 200, description = "", body = NotificationPage))
-)]
-pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let scope = |q: &mut SelectStatement| scope(q, &caller);
-        let (rows, page) = listing::page::<NotificationRow>(
-            req,
-            &app.db,
-            app.config.timezone(),
-            &SPEC,
-            &SELECT_COLUMNS,
-            &scope,
-        )
-        .await?;
-        Ok(page.envelope(represent(&app.db, &rows).await?))
+/// A patch of the recipient's notification: only `read` is writable, every other key is
+/// ignored.
+fn validate(body: &Body, current: Option<&NotificationRow>) -> Result<NotificationRow, ApiError> {
+    body.require_object()?;
+    let mut v = Validator::new(&body.fields, true);
+    let read = v.boolean("read");
+    v.finish()?;
+    let mut row = current.cloned().ok_or(ApiError::Internal)?;
+    if let Some(read) = read {
+        row.read = read;
     }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
+    Ok(row)
 }
 
-/// The notification, if the caller is its recipient (404 when missing, 403 otherwise;
-/// staff are no exception).
-async fn own(db: &Db, caller: &Caller, id: i64) -> Result<NotificationRow, ApiError> {
-    let me = &caller.user;
-    let n: NotificationRow = on_db!(db, |p| sqlx::query_as(
-        "SELECT id, time, read, subject, message_html, notification_type, user_id \
-         FROM notifications_notification WHERE id = $1"
-    )
-    .bind(id)
-    .fetch_optional(p)
-    .await)?
-    .ok_or_else(|| ApiError::no_match(MODEL))?;
-    if n.user_id != me.id {
-        return Err(ApiError::forbidden());
-    }
-    Ok(n)
-}
+/// The notification resource.
+pub struct Notifications;
 
-async fn represent_one(db: &Db, n: &NotificationRow) -> Result<Value, ApiError> {
-    Ok(represent(db, std::slice::from_ref(n))
-        .await?
-        .pop()
-        .unwrap_or(Value::Null))
-}
+crate::document_resource!(Notifications);
 
-/// Retrieve a notification.
-///
-/// Returns a single notification by its ID. Read and patch access is limited to the
-/// notification owner.
-#[endpoint(
-    operation_id = "notifications_notifications_retrieve",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this notification.")),
-    tags("Notifications - Notifications"),
-    responses((status_code = 200, description = "", body = NotificationDoc))
-)]
-pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let n = own(&app.db, &caller, path_id(req)?).await?;
-        represent_one(&app.db, &n).await
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
+impl Resource for Notifications {
+    type Row = NotificationRow;
+    type Repr = Notification;
+    type Extra = ();
 
-/// Partially update a notification.
-///
-/// Updates the `read` status of a notification. Patch access is limited to the notification
-/// owner.
-#[endpoint(
-    operation_id = "notifications_notifications_partial_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this notification.")),
-    tags("Notifications - Notifications"),
-    responses((status_code = 200, description = "", body = NotificationDoc))
-)]
-pub async fn patch(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let mut n = own(&app.db, &caller, path_id(req)?).await?;
-        let body = body::read(req).await?;
-        body.require_object()?;
-        // Only `read` is writable; every other key is ignored.
-        let mut v = Validator::new(&body.fields, true);
-        let read = v.boolean("read");
-        v.finish()?;
-        if let Some(read) = read
-            && read != n.read
-        {
-            on_db!(&app.db, |p| sqlx::query(
-                "UPDATE notifications_notification SET read = $1 WHERE id = $2"
-            )
-            .bind(read)
-            .bind(n.id)
-            .execute(p)
-            .await
-            .map(|_| ()))?;
-            n.read = read;
-        }
-        represent_one(&app.db, &n).await
+    const PATH: &'static str = "notifications/notifications/";
+    const TABLE: &'static str = TABLE;
+    const CONTENT_TYPE: &'static str = "notifications | Notification";
+    const AUDITED: bool = false;
+    const MODEL: &'static str = MODEL;
+    const FIELDS: &'static [Field<NotificationRow>] = &FIELDS;
+    const SPEC: ListSpec = SPEC;
+    /// The recipient only, staff included (`check_record`).
+    const POLICY: Policy = Policy {
+        create: Who::Anyone,
+        change: Who::Anyone,
+        delete: Who::Anyone,
+        body_first: false,
+    };
+    const DOCS: Docs = Docs {
+        tag: "Notifications - Notifications",
+        id: "A unique integer value identifying this notification.",
+        list_name: "Notification List",
+        item_name: "Notification Instance",
+        list: (
+            "List notifications.",
+            "Returns a list of user notifications. Non-staff users are only returned their \
+             own notifications. Staff users are returned all notifications.",
+        ),
+        retrieve: (
+            "Retrieve a notification.",
+            "Returns a single notification by its ID. Read and patch access is limited to the \
+             notification owner.",
+        ),
+        create: UNOFFERED,
+        update: UNOFFERED,
+        partial_update: (
+            "Partially update a notification.",
+            "Updates the `read` status of a notification. Patch access is limited to the \
+             notification owner.",
+        ),
+        destroy: UNOFFERED,
+    };
+    const OPS: &'static [Op] = &[Op::List, Op::Retrieve, Op::PartialUpdate];
+
+    fn id(row: &NotificationRow) -> i64 {
+        row.id
     }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
+
+    fn set_id(row: &mut NotificationRow, id: i64) {
+        row.id = id;
+    }
+
+    /// Not audited: never called.
+    fn repr<'a>(_tx: &'a mut Tx, row: &'a NotificationRow) -> Fut<'a, String> {
+        Box::pin(async move { Ok(format!("Notification #{}", row.id)) })
+    }
+
+    fn validate<'a>(
+        _db: &'a Db,
+        _caller: &'a Caller,
+        body: &'a Body,
+        _partial: bool,
+        current: Option<&'a NotificationRow>,
+    ) -> Fut<'a, (NotificationRow, ())> {
+        Box::pin(async move { Ok((validate(body, current)?, ())) })
+    }
+
+    fn represent<'a>(db: &'a Db, rows: &'a [NotificationRow]) -> Fut<'a, Vec<Notification>> {
+        Box::pin(represent(db, rows))
+    }
+
+    fn scope(q: &mut SelectStatement, caller: &Caller) {
+        scope(q, caller)
+    }
+
+    /// The recipient (403 for anyone else, staff included).
+    fn check_record<'a>(_db: &'a Db, caller: &'a Caller, row: &'a NotificationRow) -> Fut<'a, ()> {
+        Box::pin(async move {
+            if row.user_id != caller.id() {
+                return Err(ApiError::forbidden());
+            }
+            Ok(())
+        })
+    }
 }
