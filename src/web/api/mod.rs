@@ -217,20 +217,7 @@ pub fn routes() -> Routes {
             teams::destroy,
             "Team Instance"
         ))
-        .push(collection!(
-            "users/memberships/",
-            memberships::list,
-            memberships::create,
-            "Membership List"
-        ))
-        .push(item!(
-            "users/memberships/{id}/",
-            memberships::retrieve,
-            memberships::put,
-            memberships::patch,
-            memberships::destroy,
-            "Membership Instance"
-        ))
+        .push(resource::routes::<memberships::Memberships>())
         .push(read_only!(
             "users/membership-choices/role/",
             choices::membership_role,

@@ -254,6 +254,17 @@ pub trait Resource: Send + Sync + Sized + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Object-level rule of the item writes (update, partial update, destroy), after
+    /// `check_record`.
+    fn check_write<'a>(
+        _db: &'a Db,
+        _caller: &'a Caller,
+        _row: &'a Self::Row,
+        _action: Action,
+    ) -> Fut<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// View-level rule on the body of a write (403), before validation.
     fn check_body<'a>(
         _db: &'a Db,
@@ -491,6 +502,18 @@ async fn accessible<R: Resource>(
     Ok(row)
 }
 
+/// The record of an item write the caller may make: `accessible`, then the write rule.
+async fn writable<R: Resource>(
+    db: &Db,
+    caller: &Caller,
+    req: &Request,
+    action: Action,
+) -> Result<R::Row, ApiError> {
+    let row = accessible::<R>(db, caller, req).await?;
+    R::check_write(db, caller, &row, action).await?;
+    Ok(row)
+}
+
 async fn retrieve<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
     let (app, caller) = context(depot)?;
     let row = accessible::<R>(&app.db, &caller, req).await?;
@@ -523,9 +546,12 @@ async fn update<R: Resource>(
     let (current, body) = if R::POLICY.body_first {
         let body = body::read(req).await?;
         R::check_body(&app.db, &caller, &body, Action::Update).await?;
-        (accessible::<R>(&app.db, &caller, req).await?, body)
+        (
+            writable::<R>(&app.db, &caller, req, Action::Update).await?,
+            body,
+        )
     } else {
-        let current = accessible::<R>(&app.db, &caller, req).await?;
+        let current = writable::<R>(&app.db, &caller, req, Action::Update).await?;
         let body = body::read(req).await?;
         R::check_body(&app.db, &caller, &body, Action::Update).await?;
         (current, body)
@@ -549,7 +575,7 @@ async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<()
         let body = body::read(req).await?;
         R::check_body(&app.db, &caller, &body, Action::Delete).await?;
     }
-    let row = accessible::<R>(&app.db, &caller, req).await?;
+    let row = writable::<R>(&app.db, &caller, req, Action::Delete).await?;
     let ctx = crate::web::api::users::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
     R::before_delete(&mut tx, &row).await?;
