@@ -120,23 +120,27 @@ async fn open(config: &Config) -> Result<Db, String> {
     Ok(db)
 }
 
-pub fn run_user(config: &Config, cmd: &UserCommand) -> ExitCode {
+/// Runs `command` on a fresh runtime against the opened, current database.
+fn with_db(config: &Config, command: impl AsyncFnOnce(&Db) -> ExitCode) -> ExitCode {
     let Ok(rt) = crate::cli::runtime() else {
         return ExitCode::from(1);
     };
     rt.block_on(async {
-        let db = match open(config).await {
-            Ok(db) => db,
-            Err(e) => return fail(e),
-        };
-        match cmd {
-            UserCommand::Create(args) => create(&db, args).await,
-            UserCommand::SetPassword {
-                username,
-                password_stdin,
-            } => set_password(&db, username, *password_stdin).await,
-            UserCommand::List => list(&db).await,
+        match open(config).await {
+            Ok(db) => command(&db).await,
+            Err(e) => fail(e),
         }
+    })
+}
+
+pub fn run_user(config: &Config, cmd: &UserCommand) -> ExitCode {
+    with_db(config, async |db| match cmd {
+        UserCommand::Create(args) => create(db, args).await,
+        UserCommand::SetPassword {
+            username,
+            password_stdin,
+        } => set_password(db, username, *password_stdin).await,
+        UserCommand::List => list(db).await,
     })
 }
 
@@ -335,23 +339,14 @@ async fn list(db: &Db) -> ExitCode {
 }
 
 pub fn run_token(config: &Config, cmd: &TokenCommand) -> ExitCode {
-    let Ok(rt) = crate::cli::runtime() else {
-        return ExitCode::from(1);
-    };
-    rt.block_on(async {
-        let db = match open(config).await {
-            Ok(db) => db,
-            Err(e) => return fail(e),
-        };
-        match cmd {
-            TokenCommand::Create {
-                username,
-                name,
-                expires_days,
-            } => token_create(&db, username, name, *expires_days).await,
-            TokenCommand::List { username } => token_list(&db, username.as_deref()).await,
-            TokenCommand::Revoke { key } => token_revoke(&db, key).await,
-        }
+    with_db(config, async |db| match cmd {
+        TokenCommand::Create {
+            username,
+            name,
+            expires_days,
+        } => token_create(db, username, name, *expires_days).await,
+        TokenCommand::List { username } => token_list(db, username.as_deref()).await,
+        TokenCommand::Revoke { key } => token_revoke(db, key).await,
     })
 }
 

@@ -461,6 +461,23 @@ fn with_config(cli: &Cli, f: impl FnOnce(&Config) -> ExitCode) -> ExitCode {
     }
 }
 
+/// The inherited or bound HTTP listener when `serves_http` (taken before the runtime starts
+/// its threads); an error is printed and becomes the exit code.
+pub(crate) fn take_listener(
+    config: &Config,
+    serves_http: bool,
+) -> Result<Option<daemon::Listener>, ExitCode> {
+    if !serves_http {
+        return Ok(None);
+    }
+    daemon::take_listener(&config.bind())
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("keystone: {e}");
+            ExitCode::from(1)
+        })
+}
+
 pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -607,16 +624,9 @@ fn run_serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
         return e.exit_code();
     }
     // Inherited sockets are taken before the runtime starts its threads.
-    let listener = if args.role.serves_http() {
-        match daemon::take_listener(&config.bind()) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("keystone: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    } else {
-        None
+    let listener = match take_listener(&config, args.role.serves_http()) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let rt = match runtime() {
         Ok(rt) => rt,

@@ -1,7 +1,7 @@
 //! `keystone quickstart` (spec/operations.md §4.4): a one-machine trial with SQLite, the
 //! in-process queue, a generated administrator and a debug SMTP sink.
 
-use crate::cli::{Cli, QuickstartArgs};
+use crate::cli::{Cli, QuickstartArgs, take_listener};
 use crate::config::{self, LoadOptions};
 use crate::daemon;
 use crate::roles::serve::{self, Role};
@@ -53,16 +53,9 @@ pub fn run(cli: &Cli, args: &QuickstartArgs) -> ExitCode {
         eprintln!("keystone: {e}");
         return ExitCode::from(1);
     }
-    let listener = if server {
-        match daemon::take_listener(&config.bind()) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("keystone: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    } else {
-        None
+    let listener = match take_listener(&config, server) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     let Ok(rt) = crate::cli::runtime() else {
         return ExitCode::from(1);

@@ -179,18 +179,24 @@ fn run_task(config: &Config, args: &RunArgs) -> ExitCode {
     queue_from_cli(config, def.name, values, args.wait)
 }
 
-fn run_inline(config: &Config, def: &TaskDef, args: Vec<Value>) -> ExitCode {
+/// Runs `command` on a fresh runtime with the database open (exit 1 when it cannot be).
+fn with_database(config: &Config, command: impl AsyncFnOnce(&Db) -> ExitCode) -> ExitCode {
     let Some(rt) = runtime() else {
         return ExitCode::from(1);
     };
     rt.block_on(async {
-        let db = match crate::roles::serve::open_database(config).await {
-            Ok(db) => db,
+        match crate::roles::serve::open_database(config).await {
+            Ok(db) => command(&db).await,
             Err(e) => {
                 eprintln!("keystone: {e}");
-                return ExitCode::from(1);
+                ExitCode::from(1)
             }
-        };
+        }
+    })
+}
+
+fn run_inline(config: &Config, def: &TaskDef, args: Vec<Value>) -> ExitCode {
+    with_database(config, async |db| {
         let (id, outcome) = results::run_inline(
             std::sync::Arc::new(config.clone()),
             db.clone(),
@@ -225,18 +231,8 @@ pub fn queue_from_cli(config: &Config, name: &str, args: Vec<Value>, wait: bool)
         );
         return ExitCode::from(78);
     }
-    let Some(rt) = runtime() else {
-        return ExitCode::from(1);
-    };
-    rt.block_on(async {
-        let db = match crate::roles::serve::open_database(config).await {
-            Ok(db) => db,
-            Err(e) => {
-                eprintln!("keystone: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        let id = match crate::queue::submit(config, &db, name, args).await {
+    with_database(config, async |db| {
+        let id = match crate::queue::submit(config, db, name, args).await {
             Ok(id) => id,
             Err(e) => {
                 eprintln!("keystone: cannot queue the task: {e}");
@@ -247,7 +243,7 @@ pub fn queue_from_cli(config: &Config, name: &str, args: Vec<Value>, wait: bool)
         if !wait {
             return ExitCode::SUCCESS;
         }
-        let code = wait_for(&db, &id).await;
+        let code = wait_for(db, &id).await;
         db.close().await;
         code
     })
@@ -378,14 +374,7 @@ mod tests {
 
     #[test]
     fn the_list_shows_schedules_and_next_runs() {
-        let config = crate::config::load(
-            &crate::config::LoadOptions {
-                config_path: None,
-                ..Default::default()
-            },
-            &Default::default(),
-        )
-        .expect("defaults");
+        let config = crate::config::built_in();
         let now = DateTime::parse_from_rfc3339("2026-03-01T10:07:00Z")
             .expect("time")
             .with_timezone(&Utc);

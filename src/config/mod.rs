@@ -201,6 +201,19 @@ pub fn process_env() -> Env {
         .collect()
 }
 
+/// The built-in defaults alone (no file, no environment), for tests.
+#[cfg(test)]
+pub(crate) fn built_in() -> Config {
+    load(
+        &LoadOptions {
+            config_path: None,
+            ..Default::default()
+        },
+        &Default::default(),
+    )
+    .expect("defaults")
+}
+
 /// Loads, merges, resolves and validates the configuration.
 pub fn load(opts: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
     let mut sources: BTreeMap<String, Source> = BTreeMap::new();

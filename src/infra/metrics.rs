@@ -207,15 +207,9 @@ struct Endpoint {
     sources: Sources,
 }
 
-#[async_trait]
-impl Handler for Endpoint {
-    async fn handle(
-        &self,
-        _req: &mut Request,
-        _depot: &mut Depot,
-        res: &mut Response,
-        _ctrl: &mut FlowCtrl,
-    ) {
+#[handler]
+impl Endpoint {
+    async fn handle(&self, res: &mut Response) {
         if let Some(db) = &self.sources.db {
             let (size, idle) = db.pool_usage();
             let idle = idle as f64;

@@ -834,6 +834,20 @@ impl RedisQueue {
         }
     }
 
+    /// Runs a script over the stream as this consumer of the group: its arguments are the
+    /// group, the consumer, then `args`.
+    async fn run_as_consumer<R: fred::types::FromValue>(
+        &self,
+        script: &Script,
+        args: [String; 2],
+    ) -> Result<R, RedisError> {
+        let mut all = vec![GROUP.to_string(), self.consumer.clone()];
+        all.extend(args);
+        script
+            .run(&self.client, vec![self.keys.stream.clone()], all)
+            .await
+    }
+
     fn reclaim_due(&self) -> bool {
         let mut last = self.last_reclaim.lock().unwrap_or_else(|e| e.into_inner());
         let due = last.is_none_or(|at| at.elapsed() >= RECLAIM_EVERY);
@@ -844,16 +858,10 @@ impl RedisQueue {
     }
 
     async fn reclaim(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
-        let reply: RedisValue = SCRIPT_RECLAIM
-            .run(
-                &self.client,
-                vec![self.keys.stream.clone()],
-                vec![
-                    GROUP.to_string(),
-                    self.consumer.clone(),
-                    self.visibility.as_millis().to_string(),
-                    max.to_string(),
-                ],
+        let reply: RedisValue = self
+            .run_as_consumer(
+                &SCRIPT_RECLAIM,
+                [self.visibility.as_millis().to_string(), max.to_string()],
             )
             .await?;
         let mut out = Vec::new();
@@ -875,16 +883,10 @@ impl RedisQueue {
     }
 
     async fn touch(&self, d: &Delivery, idle: Duration) -> Result<bool, BrokerError> {
-        let n: i64 = SCRIPT_TOUCH
-            .run(
-                &self.client,
-                vec![self.keys.stream.clone()],
-                vec![
-                    GROUP.to_string(),
-                    self.consumer.clone(),
-                    d.receipt.clone(),
-                    idle.as_millis().to_string(),
-                ],
+        let n: i64 = self
+            .run_as_consumer(
+                &SCRIPT_TOUCH,
+                [d.receipt.clone(), idle.as_millis().to_string()],
             )
             .await?;
         Ok(n == 1)

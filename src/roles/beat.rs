@@ -309,14 +309,7 @@ mod tests {
 
     #[test]
     fn default_schedules_fire_at_upstream_times() {
-        let config = crate::config::load(
-            &crate::config::LoadOptions {
-                config_path: None,
-                ..Default::default()
-            },
-            &Default::default(),
-        )
-        .expect("defaults");
+        let config = crate::config::built_in();
         let all = entries(&config);
         assert_eq!(all.len(), 5);
         let at = Utc

@@ -126,6 +126,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// The context of a message's run on this worker and the identity of its result row.
+    fn run_of<'a>(&'a self, msg: &'a Message) -> (TaskContext, Run<'a>) {
+        let tasks = Arc::new(Tasks::new(self.queue.clone(), self.db.clone()));
+        let ctx = TaskContext::new(self.config.clone(), self.db.clone(), msg.id.clone(), tasks);
+        let run = Run {
+            task_id: &msg.id,
+            task_name: &msg.task,
+            periodic_task_name: msg.periodic.as_deref(),
+            args: &msg.args,
+            worker: &self.identity,
+        };
+        (ctx, run)
+    }
+
     fn track(&self, d: &Delivery, running: bool) {
         if let Ok(mut m) = self.in_flight.lock() {
             if running {
@@ -314,19 +328,7 @@ async fn record_panic(shared: &Arc<Shared>, d: &Delivery, what: &str) {
     );
     tracing::error!(entry = %d.receipt, "{err}");
     if let Ok(msg) = &d.message {
-        let ctx = TaskContext::new(
-            shared.config.clone(),
-            shared.db.clone(),
-            msg.id.clone(),
-            Arc::new(Tasks::new(shared.queue.clone(), shared.db.clone())),
-        );
-        let run = Run {
-            task_id: &msg.id,
-            task_name: &msg.task,
-            periodic_task_name: msg.periodic.as_deref(),
-            args: &msg.args,
-            worker: &shared.identity,
-        };
+        let (ctx, run) = shared.run_of(msg);
         let attempt = results::Attempt {
             started: Utc::now(),
             elapsed: Duration::ZERO,
@@ -352,20 +354,7 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
             return;
         }
     };
-    let tasks: Arc<Tasks> = Arc::new(Tasks::new(shared.queue.clone(), shared.db.clone()));
-    let ctx = TaskContext::new(
-        shared.config.clone(),
-        shared.db.clone(),
-        msg.id.clone(),
-        tasks,
-    );
-    let run = Run {
-        task_id: &msg.id,
-        task_name: &msg.task,
-        periodic_task_name: msg.periodic.as_deref(),
-        args: &msg.args,
-        worker: &shared.identity,
-    };
+    let (ctx, run) = shared.run_of(&msg);
 
     if d.deliveries > 1 {
         // A redelivery: a previous delivery may have stored the outcome and then lost its

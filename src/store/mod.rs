@@ -457,14 +457,28 @@ where
     }))
 }
 
-/// Runs a sea-query select into rows of `T` (a `sqlx::FromRow` for both backends).
-pub async fn fetch_all<T>(db: &Db, q: &sea_query::SelectStatement) -> Result<Vec<T>, DbError>
-where
+/// A row type read from either backend (a `sqlx::FromRow` for both).
+pub trait FetchRow:
+    Send
+    + Unpin
+    + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+    + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+{
+}
+
+impl<T> FetchRow for T where
     T: Send
         + Unpin
         + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
 {
+}
+
+/// Runs a sea-query select into rows of `T`.
+pub async fn fetch_all<T: FetchRow>(
+    db: &Db,
+    q: &sea_query::SelectStatement,
+) -> Result<Vec<T>, DbError> {
     use sea_query_sqlx::SqlxBinder;
     Ok(on_backend!(db, |p, builder| {
         let (sql, values) = q.build_sqlx(builder);

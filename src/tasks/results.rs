@@ -13,20 +13,9 @@ use std::sync::Arc;
 pub use crate::store::task_results::{Run, Status, is_terminal, status, write_pending};
 
 /// Inserts or updates the run's row (keyed by `task_id`); retries of a run update its row.
+/// The errors the run logged and went on past are listed in `meta.errors` (the key is left
+/// out when there are none).
 pub async fn write(
-    db: &Db,
-    run: &Run<'_>,
-    status: Status,
-    started: Option<DateTime<Utc>>,
-    error: Option<&TaskError>,
-    children: &[String],
-) -> Result<(), crate::store::DbError> {
-    write_with_errors(db, run, status, started, error, children, &[]).await
-}
-
-/// [`write`], with the errors the run logged and went on past listed in `meta.errors`
-/// (the key is left out when there are none).
-pub async fn write_with_errors(
     db: &Db,
     run: &Run<'_>,
     status: Status,
@@ -53,7 +42,7 @@ pub struct Attempt {
 /// [`finish`] (a failed start record is only logged: the run still happens).
 pub async fn start(ctx: &TaskContext, run: &Run<'_>) -> Attempt {
     let started = Utc::now();
-    if let Err(e) = write(&ctx.db, run, Status::Started, Some(started), None, &[]).await {
+    if let Err(e) = write(&ctx.db, run, Status::Started, Some(started), None, &[], &[]).await {
         tracing::warn!(task = run.task_name, task_id = %ctx.task_id, "cannot record the task start: {e}");
     }
     let clock = std::time::Instant::now();
@@ -73,7 +62,7 @@ pub async fn finish(
     attempt: &Attempt,
     status: Status,
 ) -> Result<(), crate::store::DbError> {
-    write_with_errors(
+    write(
         &ctx.db,
         run,
         status,

@@ -86,53 +86,45 @@ async fn session_user(
 /// authenticated [`Caller`] (if any) in the depot for the handlers.
 pub struct Gate(pub Policy);
 
-#[async_trait]
-impl Handler for Gate {
+#[handler]
+impl Gate {
     async fn handle(
         &self,
-        req: &mut Request,
+        req: &Request,
         depot: &mut Depot,
         res: &mut Response,
         ctrl: &mut FlowCtrl,
     ) {
-        let Ok(app) = state(depot).cloned() else {
-            ApiError::Internal.render(res);
+        if let Err(e) = self.admit(req, depot).await {
+            e.render(res);
             ctrl.skip_rest();
-            return;
-        };
+        }
+    }
+
+    /// Identifies the caller and applies the policy; an error is the response to send.
+    async fn admit(&self, req: &Request, depot: &mut Depot) -> Result<(), ApiError> {
+        let app = state(depot).cloned().map_err(|_| ApiError::Internal)?;
         if depot.get_typed::<Cid>().is_err() {
             depot.insert_typed(Cid(correlation_id(req)));
         }
         // Steps of a batch carry the batch caller's identity (no cookies, no CSRF).
-        let outcome = match depot.get_typed::<Delegated>() {
-            Ok(d) => Ok(Some(d.0.clone())),
-            Err(_) => identify(req, &app).await,
-        };
-        let caller = match outcome {
-            Ok(c) => c,
-            Err(e) => {
-                e.render(res);
-                ctrl.skip_rest();
-                return;
-            }
+        let caller = match depot.get_typed::<Delegated>() {
+            Ok(d) => Some(d.0.clone()),
+            Err(_) => identify(req, &app).await?,
         };
         if caller.is_none() && self.0.access == Access::Authenticated {
-            ApiError::not_authenticated().render(res);
-            ctrl.skip_rest();
-            return;
+            return Err(ApiError::not_authenticated());
         }
         if self.0.throttled
             && let Err(wait) = check_throttle(req, &app, caller.as_ref()).await
         {
-            ApiError::Throttled(wait).render(res);
-            ctrl.skip_rest();
-            return;
+            return Err(ApiError::Throttled(wait));
         }
         if let Some(caller) = caller {
             tracing::Span::current().record("keystone_user_id", caller.id());
             depot.insert_typed(caller);
         }
-        ctrl.call_next(req, depot, res).await;
+        Ok(())
     }
 }
 

@@ -19,15 +19,9 @@ pub struct Metadata {
     pub renders: &'static [&'static str],
 }
 
-#[async_trait]
-impl Handler for Metadata {
-    async fn handle(
-        &self,
-        _req: &mut Request,
-        _depot: &mut Depot,
-        res: &mut Response,
-        _ctrl: &mut FlowCtrl,
-    ) {
+#[handler]
+impl Metadata {
+    async fn handle(&self, res: &mut Response) {
         res.render(Json(serde_json::json!({
             "name": self.name,
             "description": self.description,

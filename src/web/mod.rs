@@ -196,17 +196,10 @@ impl Writer for ApiError {
 /// Injects the shared state.
 pub(crate) struct InjectState(pub(crate) Arc<AppState>);
 
-#[async_trait]
-impl Handler for InjectState {
-    async fn handle(
-        &self,
-        req: &mut Request,
-        depot: &mut Depot,
-        res: &mut Response,
-        ctrl: &mut FlowCtrl,
-    ) {
+#[handler]
+impl InjectState {
+    async fn handle(&self, depot: &mut Depot) {
         depot.insert_typed(self.0.clone());
-        ctrl.call_next(req, depot, res).await;
     }
 }
 

@@ -126,24 +126,13 @@ fn accept_values(req: &Request) -> Vec<String> {
 /// The hoop of a negotiated route, run before its gate.
 pub struct Negotiate(pub &'static [Renderer]);
 
-#[async_trait]
-impl Handler for Negotiate {
-    async fn handle(
-        &self,
-        req: &mut Request,
-        depot: &mut Depot,
-        res: &mut Response,
-        ctrl: &mut FlowCtrl,
-    ) {
+#[handler]
+impl Negotiate {
+    async fn handle(&self, req: &Request, res: &mut Response, ctrl: &mut FlowCtrl) {
         let format = requested_format(req);
-        match negotiate(self.0, format.as_deref(), &accept_values(req)) {
-            Ok(()) => {
-                ctrl.call_next(req, depot, res).await;
-            }
-            Err(e) => {
-                e.render(res);
-                ctrl.skip_rest();
-            }
+        if let Err(e) = negotiate(self.0, format.as_deref(), &accept_values(req)) {
+            e.render(res);
+            ctrl.skip_rest();
         }
     }
 }

@@ -294,15 +294,9 @@ struct NotAllowed {
     allow: HeaderValue,
 }
 
-#[async_trait]
-impl Handler for NotAllowed {
-    async fn handle(
-        &self,
-        req: &mut Request,
-        _depot: &mut Depot,
-        res: &mut Response,
-        _ctrl: &mut FlowCtrl,
-    ) {
+#[handler]
+impl NotAllowed {
+    async fn handle(&self, req: &Request, res: &mut Response) {
         ApiError::MethodNotAllowed(req.method().to_string()).render(res);
         res.headers_mut().insert(header::ALLOW, self.allow.clone());
     }

@@ -771,27 +771,57 @@ impl Page {
     }
 }
 
+/// A collection request of an authenticated caller: the page of rows `scope` lets the
+/// caller see, with the state and the caller for representing them.
+pub async fn caller_page<R: crate::store::FetchRow>(
+    req: &salvo::Request,
+    depot: &salvo::Depot,
+    spec: &ListSpec,
+    columns: &[&str],
+    scope: fn(&mut SelectStatement, &super::Caller),
+) -> Result<CallerPage<R>, ApiError> {
+    let (app, caller) = super::context(depot)?;
+    let caller_scope = |q: &mut SelectStatement| scope(q, &caller);
+    let (rows, page) = page::<R>(
+        req,
+        &app.db,
+        app.config.timezone(),
+        spec,
+        columns,
+        &caller_scope,
+    )
+    .await?;
+    Ok(CallerPage {
+        app,
+        caller,
+        rows,
+        page,
+    })
+}
+
+/// What [`caller_page`] returns.
+pub struct CallerPage<R> {
+    pub app: std::sync::Arc<crate::web::AppState>,
+    pub caller: super::Caller,
+    pub rows: Vec<R>,
+    pub page: Page,
+}
+
 /// Runs a collection request: parses the query, applies the caller's `scope` to the count
 /// and the page, and returns the page's rows (two queries).
-pub async fn page<R>(
+pub async fn page<R: crate::store::FetchRow>(
     req: &salvo::Request,
     db: &crate::store::Db,
     tz: chrono_tz::Tz,
     spec: &ListSpec,
     columns: &[&str],
     scope: &(dyn Fn(&mut SelectStatement) + Send + Sync),
-) -> Result<(Vec<R>, Page), ApiError>
-where
-    R: Send
-        + Unpin
-        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
-{
+) -> Result<(Vec<R>, Page), ApiError> {
     page_ordered(req, db, tz, spec, columns, scope, &[]).await
 }
 
 /// `page` with a default order other than ascending id.
-pub async fn page_ordered<R>(
+pub async fn page_ordered<R: crate::store::FetchRow>(
     req: &salvo::Request,
     db: &crate::store::Db,
     tz: chrono_tz::Tz,
@@ -799,13 +829,7 @@ pub async fn page_ordered<R>(
     columns: &[&str],
     scope: &(dyn Fn(&mut SelectStatement) + Send + Sync),
     default_order: &[(&str, bool)],
-) -> Result<(Vec<R>, Page), ApiError>
-where
-    R: Send
-        + Unpin
-        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
-{
+) -> Result<(Vec<R>, Page), ApiError> {
     let mut page_q = sea_query::Query::select();
     page_q
         .columns(columns.iter().map(|c| sea_query::Alias::new(*c)))
@@ -815,7 +839,7 @@ where
 
 /// `page_ordered` over a prepared select of the resource's table (columns and computed
 /// expressions already chosen): the query's conditions, the scope and the window are added.
-pub async fn page_from<R>(
+pub async fn page_from<R: crate::store::FetchRow>(
     req: &salvo::Request,
     db: &crate::store::Db,
     tz: chrono_tz::Tz,
@@ -823,13 +847,7 @@ pub async fn page_from<R>(
     mut page_q: SelectStatement,
     scope: &(dyn Fn(&mut SelectStatement) + Send + Sync),
     default_order: &[(&str, bool)],
-) -> Result<(Vec<R>, Page), ApiError>
-where
-    R: Send
-        + Unpin
-        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
-{
+) -> Result<(Vec<R>, Page), ApiError> {
     let params = query_pairs(req);
     let query = parse_checked(&params, spec, db, tz, default_order).await?;
     let mut count_q = sea_query::Query::select();

@@ -4,7 +4,7 @@
 use super::list::{self as listing, Column, Kind, ListSpec, search, search_via};
 use super::summaries::{render_datetime, render_opt_datetime, users_by_id};
 use super::{Caller, context, path_id};
-use crate::store::Db;
+use crate::store::{Db, FetchRow};
 use crate::web::ApiError;
 use chrono::{DateTime, Utc};
 use salvo::http::StatusCode;
@@ -250,155 +250,176 @@ const FEED_FIELDS: &[&str] = &[
     "status",
 ];
 
-async fn represent_requests(db: &Db, rows: &[RequestRow]) -> Result<Vec<Value>, ApiError> {
-    let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
-    let users = users_by_id(db, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
-                "method": r.method,
-                "endpoint": r.endpoint,
-                "response_code": r.response_code,
-                "remote_address": r.remote_address,
-                "timestamp": render_datetime(&r.timestamp),
-                "cid": r.cid,
-                "user": r.user_id,
+/// One staff-only log: its list conventions, the columns it reads, its default order and
+/// its representation.
+trait LogView: FetchRow {
+    const SPEC: ListSpec;
+    const FIELDS: &'static [&'static str];
+    const DEFAULT_ORDER: &'static [(&'static str, bool)];
+
+    fn represent(
+        db: &Db,
+        rows: &[Self],
+    ) -> impl Future<Output = Result<Vec<Value>, ApiError>> + Send;
+}
+
+impl LogView for RequestRow {
+    const SPEC: ListSpec = REQUESTS;
+    const FIELDS: &'static [&'static str] = REQUEST_FIELDS;
+    const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[];
+
+    async fn represent(db: &Db, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+        let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
+        let users = users_by_id(db, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id,
+                    "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
+                    "method": r.method,
+                    "endpoint": r.endpoint,
+                    "response_code": r.response_code,
+                    "remote_address": r.remote_address,
+                    "timestamp": render_datetime(&r.timestamp),
+                    "cid": r.cid,
+                    "user": r.user_id,
+                })
             })
-        })
-        .collect())
+            .collect())
+    }
 }
 
-async fn represent_audit(db: &Db, rows: &[AuditRow]) -> Result<Vec<Value>, ApiError> {
-    let ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
-    let users = users_by_id(db, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let changes: Value = r
-                .changes
-                .as_deref()
-                .and_then(|c| serde_json::from_str(c).ok())
-                .unwrap_or(Value::Null);
-            json!({
-                "id": r.id,
-                "record_name": r.content_type,
-                "record_id": r.object_id,
-                "action": crate::store::audit::action_label(r.action),
-                "changes": changes,
-                "cid": r.cid,
-                "remote_addr": r.remote_addr,
-                "remote_port": r.remote_port,
-                "timestamp": render_datetime(&r.timestamp),
-                "actor": r.actor_id,
-                "_actor": r.actor_id.and_then(|u| users.get(&u).cloned()),
+impl LogView for AuditRow {
+    const SPEC: ListSpec = AUDIT;
+    const FIELDS: &'static [&'static str] = AUDIT_FIELDS;
+    const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("timestamp", true)];
+
+    async fn represent(db: &Db, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+        let ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
+        let users = users_by_id(db, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let changes: Value = r
+                    .changes
+                    .as_deref()
+                    .and_then(|c| serde_json::from_str(c).ok())
+                    .unwrap_or(Value::Null);
+                json!({
+                    "id": r.id,
+                    "record_name": r.content_type,
+                    "record_id": r.object_id,
+                    "action": crate::store::audit::action_label(r.action),
+                    "changes": changes,
+                    "cid": r.cid,
+                    "remote_addr": r.remote_addr,
+                    "remote_port": r.remote_port,
+                    "timestamp": render_datetime(&r.timestamp),
+                    "actor": r.actor_id,
+                    "_actor": r.actor_id.and_then(|u| users.get(&u).cloned()),
+                })
             })
-        })
-        .collect())
+            .collect())
+    }
 }
 
-fn represent_tasks(rows: &[TaskRow]) -> Vec<Value> {
-    rows.iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "task_id": r.task_id,
-                "periodic_task_name": r.periodic_task_name,
-                "task_name": r.task_name,
-                "task_args": r.task_args,
-                "task_kwargs": r.task_kwargs,
-                "status": r.status,
-                "worker": r.worker,
-                "content_type": r.content_type,
-                "content_encoding": r.content_encoding,
-                "result": r.result,
-                "date_created": render_datetime(&r.date_created),
-                "date_started": render_opt_datetime(&r.date_started),
-                "date_done": render_datetime(&r.date_done),
-                "traceback": r.traceback,
-                "meta": r.meta,
+impl LogView for TaskRow {
+    const SPEC: ListSpec = TASKS;
+    const FIELDS: &'static [&'static str] = TASK_FIELDS;
+    const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("date_done", true)];
+
+    async fn represent(_db: &Db, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+        Ok(rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id,
+                    "task_id": r.task_id,
+                    "periodic_task_name": r.periodic_task_name,
+                    "task_name": r.task_name,
+                    "task_args": r.task_args,
+                    "task_kwargs": r.task_kwargs,
+                    "status": r.status,
+                    "worker": r.worker,
+                    "content_type": r.content_type,
+                    "content_encoding": r.content_encoding,
+                    "result": r.result,
+                    "date_created": render_datetime(&r.date_created),
+                    "date_started": render_opt_datetime(&r.date_started),
+                    "date_done": render_datetime(&r.date_done),
+                    "traceback": r.traceback,
+                    "meta": r.meta,
+                })
             })
-        })
-        .collect()
+            .collect())
+    }
 }
 
-async fn represent_feed(db: &Db, rows: &[FeedRow]) -> Result<Vec<Value>, ApiError> {
-    let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
-    let users = users_by_id(db, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
-                "record_id": r.record_id,
-                "record_type": r.record_type,
-                "timestamp": render_datetime(&r.timestamp),
-                "summary": r.summary,
-                "cid": r.cid,
-                "status": r.status,
-                "user": r.user_id,
+impl LogView for FeedRow {
+    const SPEC: ListSpec = FEED;
+    const FIELDS: &'static [&'static str] = FEED_FIELDS;
+    const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("timestamp", true)];
+
+    async fn represent(db: &Db, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+        let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
+        let users = users_by_id(db, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id,
+                    "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
+                    "record_id": r.record_id,
+                    "record_type": r.record_type,
+                    "timestamp": render_datetime(&r.timestamp),
+                    "summary": r.summary,
+                    "cid": r.cid,
+                    "status": r.status,
+                    "user": r.user_id,
+                })
             })
-        })
-        .collect())
+            .collect())
+    }
 }
 
-/// One staff-only list: parse, page in the default order, represent.
-macro_rules! staff_list {
-    ($req:expr, $depot:expr, $spec:expr, $row:ty, $fields:expr, $order:expr, |$db:ident, $rows:ident| $represent:expr) => {
-        async {
-            let (app, caller) = context($depot)?;
-            require_staff(&caller)?;
-            let (rows, page) = listing::page_ordered::<$row>(
-                $req,
-                &app.db,
-                app.config.timezone(),
-                &$spec,
-                $fields,
-                &|_| {},
-                $order,
-            )
-            .await?;
-            let $db = &app.db;
-            let $rows = &rows;
-            let results: Vec<Value> = $represent;
-            Ok::<Value, ApiError>(page.envelope(results))
-        }
-    };
+/// One staff-only list: parse, page in the log's default order, represent.
+async fn staff_list<R: LogView>(req: &Request, depot: &Depot) -> Result<Value, ApiError> {
+    let (app, caller) = context(depot)?;
+    require_staff(&caller)?;
+    let (rows, page) = listing::page_ordered::<R>(
+        req,
+        &app.db,
+        app.config.timezone(),
+        &R::SPEC,
+        R::FIELDS,
+        &|_| {},
+        R::DEFAULT_ORDER,
+    )
+    .await?;
+    let results = R::represent(&app.db, &rows).await?;
+    Ok(page.envelope(results))
 }
 
-/// One staff-only record by id.
-async fn staff_item<R>(
+/// One staff-only record by id; `model` names it in the 404 message.
+async fn staff_item<R: LogView>(
     req: &Request,
     depot: &Depot,
-    table: &str,
-    fields: &[&str],
     model: &str,
-) -> Result<(std::sync::Arc<crate::web::AppState>, Vec<R>), ApiError>
-where
-    R: Send
-        + Unpin
-        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
-{
+) -> Result<Value, ApiError> {
     let (app, caller) = context(depot)?;
     require_staff(&caller)?;
     let id = path_id(req)?;
     let mut q = Query::select();
-    q.columns(fields.iter().map(|f| Alias::new(*f)))
-        .from(Alias::new(table))
+    q.columns(R::FIELDS.iter().map(|f| Alias::new(*f)))
+        .from(Alias::new(R::SPEC.table))
         .and_where(Expr::col(Alias::new("id")).eq(id));
     let rows: Vec<R> = crate::store::fetch_all(&app.db, &q).await?;
     if rows.is_empty() {
         return Err(ApiError::no_match(model));
     }
-    Ok((app, rows))
-}
-
-fn first(v: Vec<Value>) -> Value {
-    v.into_iter().next().unwrap_or(Value::Null)
+    let represented = R::represent(&app.db, &rows).await?;
+    Ok(represented.into_iter().next().unwrap_or(Value::Null))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -540,17 +561,11 @@ pub async fn staff_options(depot: &mut Depot, res: &mut Response) {
     responses((status_code = 200, description = "", body = RequestLogPage))
 )]
 pub async fn requests(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = staff_list!(
-        req,
-        depot,
-        REQUESTS,
-        RequestRow,
-        REQUEST_FIELDS,
-        &[],
-        |db, rows| { represent_requests(db, rows).await? }
-    )
-    .await;
-    super::respond(res, StatusCode::OK, result);
+    super::respond(
+        res,
+        StatusCode::OK,
+        staff_list::<RequestRow>(req, depot).await,
+    );
 }
 
 /// Retrieve a request log.
@@ -563,13 +578,7 @@ pub async fn requests(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     responses((status_code = 200, description = "", body = RequestLogDoc))
 )]
 pub async fn request(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, rows) =
-            staff_item::<RequestRow>(req, depot, REQUESTS.table, REQUEST_FIELDS, "RequestLog")
-                .await?;
-        Ok(first(represent_requests(&app.db, &rows).await?))
-    }
-    .await;
+    let result = staff_item::<RequestRow>(req, depot, "RequestLog").await;
     super::respond(res, StatusCode::OK, result);
 }
 
@@ -582,17 +591,11 @@ pub async fn request(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     responses((status_code = 200, description = "", body = AuditLogPage))
 )]
 pub async fn audit_entries(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = staff_list!(
-        req,
-        depot,
-        AUDIT,
-        AuditRow,
-        AUDIT_FIELDS,
-        &[("timestamp", true)],
-        |db, rows| { represent_audit(db, rows).await? }
-    )
-    .await;
-    super::respond(res, StatusCode::OK, result);
+    super::respond(
+        res,
+        StatusCode::OK,
+        staff_list::<AuditRow>(req, depot).await,
+    );
 }
 
 /// Retrieve an audit log entry.
@@ -605,12 +608,7 @@ pub async fn audit_entries(req: &mut Request, depot: &mut Depot, res: &mut Respo
     responses((status_code = 200, description = "", body = AuditLogDoc))
 )]
 pub async fn audit_entry(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, rows) =
-            staff_item::<AuditRow>(req, depot, AUDIT.table, AUDIT_FIELDS, "LogEntry").await?;
-        Ok(first(represent_audit(&app.db, &rows).await?))
-    }
-    .await;
+    let result = staff_item::<AuditRow>(req, depot, "LogEntry").await;
     super::respond(res, StatusCode::OK, result);
 }
 
@@ -623,17 +621,7 @@ pub async fn audit_entry(req: &mut Request, depot: &mut Depot, res: &mut Respons
     responses((status_code = 200, description = "", body = TaskResultPage))
 )]
 pub async fn tasks(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = staff_list!(
-        req,
-        depot,
-        TASKS,
-        TaskRow,
-        TASK_FIELDS,
-        &[("date_done", true)],
-        |_db, rows| { represent_tasks(rows) }
-    )
-    .await;
-    super::respond(res, StatusCode::OK, result);
+    super::respond(res, StatusCode::OK, staff_list::<TaskRow>(req, depot).await);
 }
 
 /// Retrieve a task result.
@@ -646,12 +634,7 @@ pub async fn tasks(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     responses((status_code = 200, description = "", body = TaskResultDoc))
 )]
 pub async fn task(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (_app, rows) =
-            staff_item::<TaskRow>(req, depot, TASKS.table, TASK_FIELDS, "TaskResult").await?;
-        Ok(first(represent_tasks(&rows)))
-    }
-    .await;
+    let result = staff_item::<TaskRow>(req, depot, "TaskResult").await;
     super::respond(res, StatusCode::OK, result);
 }
 
@@ -664,17 +647,7 @@ pub async fn task(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     responses((status_code = 200, description = "", body = FeedEntryPage))
 )]
 pub async fn feed(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = staff_list!(
-        req,
-        depot,
-        FEED,
-        FeedRow,
-        FEED_FIELDS,
-        &[("timestamp", true)],
-        |db, rows| { represent_feed(db, rows).await? }
-    )
-    .await;
-    super::respond(res, StatusCode::OK, result);
+    super::respond(res, StatusCode::OK, staff_list::<FeedRow>(req, depot).await);
 }
 
 /// The routes of the log views.

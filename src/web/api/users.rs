@@ -207,15 +207,14 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
 )]
 pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
-        let (app, caller) = context(depot)?;
-        let scope = |q: &mut sea_query::SelectStatement| scope(q, &caller);
-        let (rows, page) = listing::page::<User>(
+        let listing::CallerPage {
+            app, rows, page, ..
+        } = listing::caller_page::<User>(
             req,
-            &app.db,
-            app.config.timezone(),
+            depot,
             &SPEC,
             &USER_COLUMNS.split(", ").collect::<Vec<_>>(),
-            &scope,
+            scope,
         )
         .await?;
         Ok(page.envelope(represent(&app.db, &rows).await?))

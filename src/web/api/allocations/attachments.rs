@@ -254,15 +254,14 @@ async fn represent_one(db: &Db, a: &AttachmentRow) -> Result<Value, ApiError> {
 )]
 pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
-        let (app, caller) = context(depot)?;
-        let scope = |q: &mut SelectStatement| scope_to_caller_teams(q, &caller);
-        let (rows, page) = listing::page::<AttachmentRow>(
+        let listing::CallerPage {
+            app, rows, page, ..
+        } = listing::caller_page::<AttachmentRow>(
             req,
-            &app.db,
-            app.config.timezone(),
+            depot,
             &SPEC,
             &ROW_COLUMNS,
-            &scope,
+            scope_to_caller_teams,
         )
         .await?;
         Ok(page.envelope(represent(&app.db, &rows).await?))

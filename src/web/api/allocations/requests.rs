@@ -776,17 +776,12 @@ async fn represent_one(db: &Db, caller: &Caller, r: &RequestRow) -> Result<Value
 )]
 pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
-        let (app, caller) = context(depot)?;
-        let scope = |q: &mut sea_query::SelectStatement| scope(q, &caller);
-        let (rows, page) = listing::page::<RequestRow>(
-            req,
-            &app.db,
-            app.config.timezone(),
-            &SPEC,
-            &ROW_COLUMNS,
-            &scope,
-        )
-        .await?;
+        let listing::CallerPage {
+            app,
+            caller,
+            rows,
+            page,
+        } = listing::caller_page::<RequestRow>(req, depot, &SPEC, &ROW_COLUMNS, scope).await?;
         Ok(page.envelope(represent(&app.db, &caller, &rows).await?))
     }
     .await;

@@ -171,17 +171,9 @@ async fn represent_one(db: &Db, a: &AllocationRow) -> Result<Value, ApiError> {
 )]
 pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result = async {
-        let (app, caller) = context(depot)?;
-        let scope = |q: &mut sea_query::SelectStatement| scope(q, &caller);
-        let (rows, page) = listing::page::<AllocationRow>(
-            req,
-            &app.db,
-            app.config.timezone(),
-            &SPEC,
-            &ROW_COLUMNS,
-            &scope,
-        )
-        .await?;
+        let listing::CallerPage {
+            app, rows, page, ..
+        } = listing::caller_page::<AllocationRow>(req, depot, &SPEC, &ROW_COLUMNS, scope).await?;
         Ok(page.envelope(represent(&app.db, &rows).await?))
     }
     .await;

@@ -301,19 +301,12 @@ struct StepIdentity {
     scope: Scope,
 }
 
-#[async_trait]
-impl Handler for StepIdentity {
-    async fn handle(
-        &self,
-        req: &mut Request,
-        depot: &mut Depot,
-        res: &mut Response,
-        ctrl: &mut FlowCtrl,
-    ) {
+#[handler]
+impl StepIdentity {
+    async fn handle(&self, depot: &mut Depot) {
         depot.insert_typed(self.caller.clone());
         depot.insert_typed(self.cid.clone());
         depot.insert_typed(self.scope.clone());
-        ctrl.call_next(req, depot, res).await;
     }
 }
 

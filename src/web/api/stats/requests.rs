@@ -5,8 +5,9 @@
 use super::{count_if, filters, sum_int, today, with_today};
 use crate::config::Engine;
 use crate::web::ApiError;
+use crate::web::api::allocations::requests::{self as resource, TABLE};
 use crate::web::api::context;
-use crate::web::api::list::{Column, Kind, ListSpec};
+use crate::web::api::list::ListSpec;
 use crate::web::api::research::team_scope;
 use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
@@ -14,25 +15,10 @@ use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, JoinType, Query};
 use serde::Serialize;
 
-const TABLE: &str = "allocations_allocationrequest";
-const STATUSES: &[&str] = &["PD", "AP", "DC", "CR"];
-
-/// The filter columns of `/allocations/requests/` (domain.md §2.5).
-const FILTERS: &[Column] = &[
-    Column::new("id", Kind::Int),
-    Column::new("title", Kind::Text),
-    Column::new("description", Kind::Text),
-    Column::new("submitted", Kind::DateTime),
-    Column::new("active", Kind::Date),
-    Column::new("expire", Kind::Date),
-    Column::new("status", Kind::Choice(STATUSES)),
-    Column::new("submitter", Kind::Fk("users_user")),
-    Column::new("team", Kind::Fk("users_team")),
-];
-
+/// The filters of `/allocations/requests/` (domain.md §2.5), without its ordering and search.
 const SPEC: ListSpec = ListSpec {
     table: TABLE,
-    filters: FILTERS,
+    filters: resource::SPEC.filters,
     order: &[],
     search: &[],
 };
