@@ -526,7 +526,7 @@ async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::
     let body = body::read(req).await?;
     R::check_body(&app.db, &caller, &body, Action::Create).await?;
     let (mut row, extra) = R::validate(&app.db, &caller, &body, false, None).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
     let id = insert::<R>(&mut tx, &row).await.map_err(write_error::<R>)?;
     R::set_id(&mut row, id);
@@ -557,7 +557,7 @@ async fn update<R: Resource>(
         (current, body)
     };
     let (after, extra) = R::validate(&app.db, &caller, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
     update_row::<R>(&mut tx, &after)
         .await
@@ -576,7 +576,7 @@ async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<()
         R::check_body(&app.db, &caller, &body, Action::Delete).await?;
     }
     let row = writable::<R>(&app.db, &caller, req, Action::Delete).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
     R::before_delete(&mut tx, &row).await?;
     record::<R>(&mut tx, &ctx, Action::Delete, Some(&row), None).await?;

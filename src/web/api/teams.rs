@@ -290,7 +290,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         }
         v.finish()?;
         let name = name.unwrap_or_default();
-        let ctx = super::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let mut tx = app.db.begin().await?;
         let id: i64 = on_tx!(&mut tx, |c| sqlx::query_scalar(
             "INSERT INTO users_team (name, slug, is_active) VALUES ($1, $2, $3) RETURNING id"
@@ -349,7 +349,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
         None if partial => team.is_active,
         None => true,
     };
-    let ctx = super::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
     on_tx!(&mut tx, |c| sqlx::query(
         "UPDATE users_team SET is_active = $1 WHERE id = $2"
@@ -453,7 +453,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<(), ApiError> = async {
         let (app, caller) = context(depot)?;
         let team = writable(&app.db, &caller, path_id(req)?).await?;
-        let ctx = super::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let mut tx = app.db.begin().await?;
         audit_cascaded_memberships(&mut tx, &ctx, "team_id", team.id).await?;
         super::allocations::requests::audit_cascaded_team(&mut tx, &ctx, team.id).await?;

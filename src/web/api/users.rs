@@ -482,17 +482,12 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             is_active: c.is_active.unwrap_or(true),
             is_ldap_user: c.is_ldap_user.unwrap_or(false),
         };
-        let ctx = audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let user = insert(&app.db, &ctx, &new, &fields).await?;
         represent_one(&app.db, &user).await
     }
     .await;
     super::respond(res, StatusCode::CREATED, result);
-}
-
-/// The audit context of the current request.
-pub fn audit_context(req: &Request, depot: &Depot) -> AuditContext {
-    crate::web::access::audit_context(req, depot)
 }
 
 async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<Value, ApiError> {
@@ -530,7 +525,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
             .await
             .map_err(|_| ApiError::Internal)?;
     }
-    let ctx = audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
     on_tx!(&mut tx, |conn| sqlx::query(
         "UPDATE users_user SET username = $1, password = $2, first_name = $3, last_name = $4, \
@@ -620,7 +615,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
                 blockers.join(", ")
             )));
         }
-        let mut ctx = audit_context(req, depot);
+        let mut ctx = crate::web::access::audit_context(req, depot);
         if me.id == target.id {
             // The deleted account cannot be the actor of its own deletion entry.
             ctx.actor = None;

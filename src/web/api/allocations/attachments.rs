@@ -553,7 +553,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             uploaded: now(),
             request_id,
         };
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let saved: Result<(), ApiError> = async {
             let mut tx = app.db.begin().await?;
             row.id = on_tx!(&mut tx, |c| sqlx::query_scalar(
@@ -607,7 +607,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
         uploaded: now(),
         request_id: input.request.unwrap_or(current.request_id),
     };
-    let ctx = crate::web::api::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let saved: Result<(), ApiError> = async {
         let mut tx = app.db.begin().await?;
         on_tx!(&mut tx, |c| sqlx::query(
@@ -693,7 +693,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<(), ApiError> = async {
         let (app, caller) = context(depot)?;
         let a = writable(&app.db, &caller, path_id(req)?).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         audit::delete_audited(
             &app.db,
             &ctx,

@@ -340,7 +340,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             }
         }
         let mut row = validate(&app.db, &me, &body, false, None).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let author = author_name(&app.db, row.user_id).await?;
         let mut tx = app.db.begin().await?;
         row.id = on_tx!(&mut tx, |c| sqlx::query_scalar(
@@ -386,7 +386,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
         return Err(ApiError::forbidden());
     }
     let after = validate(&app.db, &me, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let text = repr(&app.db, &after).await?;
     let mut tx = app.db.begin().await?;
     on_tx!(&mut tx, |c| sqlx::query(
@@ -460,7 +460,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<(), ApiError> = async {
         let (app, caller) = context(depot)?;
         let c = accessible(&app.db, &caller, path_id(req)?).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let text = repr(&app.db, &c).await?;
         audit::delete_audited(
             &app.db,

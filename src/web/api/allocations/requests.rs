@@ -1077,7 +1077,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             }
         }
         let mut w = validate(&app.db, &body, false, None).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let team = team_name(&app.db, w.row.team_id).await?;
         let mut tx = app.db.begin().await?;
         let r = &mut w.row;
@@ -1130,7 +1130,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     let current = staff_item(&app.db, &caller, path_id(req)?).await?;
     let body = body::read(req).await?;
     let w = validate(&app.db, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let team = team_name(&app.db, w.row.team_id).await?;
     let mut tx = app.db.begin().await?;
     let r = &w.row;
@@ -1210,7 +1210,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<(), ApiError> = async {
         let (app, caller) = context(depot)?;
         let r = staff_item(&app.db, &caller, path_id(req)?).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let mut tx = app.db.begin().await?;
         audit_cascade(&mut tx, &ctx, Cascade::Request(r.id)).await?;
         // The attachments' stored files go once the rows are gone for good.

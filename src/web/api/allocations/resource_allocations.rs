@@ -458,7 +458,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             return Err(ApiError::forbidden());
         }
         let mut row = validate(&app.db, &body, false, None).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let mut tx = app.db.begin().await?;
         row.id = on_tx!(&mut tx, |c| {
             sqlx::query_scalar(
@@ -506,7 +506,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     let current = staff_item(&app.db, &caller, path_id(req)?).await?;
     let body = body::read(req).await?;
     let after = validate(&app.db, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let text = repr(&app.db, &after).await?;
     let mut tx = app.db.begin().await?;
     on_tx!(&mut tx, |c| sqlx::query(
@@ -581,7 +581,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<(), ApiError> = async {
         let (app, caller) = context(depot)?;
         let a = staff_item(&app.db, &caller, path_id(req)?).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let text = repr(&app.db, &a).await?;
         audit::delete_audited(
             &app.db,

@@ -319,7 +319,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let me = staff_only(&caller)?;
         let body = body::read(req).await?;
         let mut row = validate(&app.db, me, &body, false, None).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let mut tx = app.db.begin().await?;
         row.id = on_tx!(&mut tx, |c| {
             sqlx::query_scalar(
@@ -366,7 +366,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     let (me, current) = staff_item(&app.db, &caller, path_id(req)?).await?;
     let body = body::read(req).await?;
     let after = validate(&app.db, me, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::api::users::audit_context(req, depot);
+    let ctx = crate::web::access::audit_context(req, depot);
     let text = repr(&app.db, &after).await?;
     let mut tx = app.db.begin().await?;
     on_tx!(&mut tx, |c| sqlx::query(
@@ -439,7 +439,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<(), ApiError> = async {
         let (app, caller) = context(depot)?;
         let (_, r) = staff_item(&app.db, &caller, path_id(req)?).await?;
-        let ctx = crate::web::api::users::audit_context(req, depot);
+        let ctx = crate::web::access::audit_context(req, depot);
         let text = repr(&app.db, &r).await?;
         audit::delete_audited(
             &app.db,
