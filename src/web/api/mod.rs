@@ -203,20 +203,7 @@ pub fn routes() -> Routes {
             users::destroy,
             "User Instance"
         ))
-        .push(collection!(
-            "users/teams/",
-            teams::list,
-            teams::create,
-            "Team List"
-        ))
-        .push(item!(
-            "users/teams/{id}/",
-            teams::retrieve,
-            teams::put,
-            teams::patch,
-            teams::destroy,
-            "Team Instance"
-        ))
+        .push(resource::routes::<teams::Teams>())
         .push(resource::routes::<memberships::Memberships>())
         .push(read_only!(
             "users/membership-choices/role/",

@@ -290,6 +290,17 @@ pub trait Resource: Send + Sync + Sized + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Runs in the delete's transaction after `before_delete`, before the record's own audit
+    /// entry: the audit entries of the rows the delete cascades to. Returns the stored files
+    /// the delete takes with it, removed once it is committed.
+    fn cascade<'a>(
+        _tx: &'a mut Tx,
+        _ctx: &'a AuditContext,
+        _row: &'a Self::Row,
+    ) -> Fut<'a, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// The answer when the delete hits a foreign key (`None`: the database error).
     fn still_referenced() -> Option<ApiError> {
         None
@@ -579,6 +590,7 @@ async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<()
     let ctx = crate::web::access::audit_context(req, depot);
     let mut tx = app.db.begin().await?;
     R::before_delete(&mut tx, &row).await?;
+    let files = R::cascade(&mut tx, &ctx, &row).await?;
     record::<R>(&mut tx, &ctx, Action::Delete, Some(&row), None).await?;
     let sql = format!("DELETE FROM {} WHERE id = $1", R::TABLE);
     let id = R::id(&row);
@@ -595,6 +607,9 @@ async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<()
         Err(e) => return Err(e.into()),
     }
     tx.commit().await?;
+    if !files.is_empty() {
+        crate::web::api::allocations::attachments::remove_files(&app.db, &app.config, &files).await;
+    }
     Ok(())
 }
 
