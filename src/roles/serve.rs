@@ -116,7 +116,6 @@ pub async fn serve(
     } else {
         None
     };
-    crate::web::api::summaries::set_timezone(config.timezone());
     if role.serves_http() || role.runs_worker() {
         ensure_upload_dir(&config).map_err(ServeError::Startup)?;
     }

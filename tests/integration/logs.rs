@@ -415,3 +415,54 @@ fn logs_prune_honours_each_retention() {
         assert!(before("/logs/requests/") > 0, "recent records stay");
     }
 }
+
+/// Every datetime of a response is rendered in the site's zone (`server.timezone`, upstream's
+/// `CONFIG_TIMEZONE`): its offset instead of `Z`, for the record's own fields, the nested
+/// `_history` and the logs alike; the default zone is UTC with `Z`.
+#[test]
+fn datetimes_are_rendered_in_the_configured_zone() {
+    let offset = |s: &Value| -> String {
+        let text = s.as_str().unwrap_or_default();
+        text.get(19..)
+            .unwrap_or_default()
+            .trim_start_matches(|c: char| c == '.' || c.is_ascii_digit())
+            .to_string()
+    };
+    for (env, expected) in [
+        (
+            vec![("CONFIG_TIMEZONE", "America/New_York")],
+            vec!["-05:00", "-04:00"],
+        ),
+        (vec![], vec!["Z"]),
+    ] {
+        let w = World::new(Backend::Sqlite, &env);
+        let team = w
+            .call(
+                "STAFF",
+                "POST",
+                "/users/teams/",
+                Some(json!({"name": "Zone Team"})),
+            )
+            .json();
+        let stamps = [
+            team["_history"][0]["timestamp"].clone(),
+            w.call(
+                "STAFF",
+                "GET",
+                &format!("/users/users/{}/", w.id("STAFF")),
+                None,
+            )
+            .json()["date_joined"]
+                .clone(),
+            w.call("STAFF", "GET", "/logs/requests/", None).json()["results"][0]["timestamp"]
+                .clone(),
+            w.call("STAFF", "GET", "/logs/audit/", None).json()["results"][0]["timestamp"].clone(),
+        ];
+        for stamp in &stamps {
+            assert!(
+                expected.contains(&offset(stamp).as_str()),
+                "{env:?}: {stamp} should end in one of {expected:?}"
+            );
+        }
+    }
+}

@@ -151,7 +151,7 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let age = app.config.settings.security.session_age;
         let (token, _) = crate::identity::auth::issue_session(secret, user.id, &user.password, age)
             .map_err(|_| ApiError::Internal)?;
-        let body = super::users::represent_one(&app.db, &user).await?;
+        let body = super::users::represent_one(&app.db, app.config.timezone(), &user).await?;
         Ok((token, age, body))
     }
     .await;
@@ -226,7 +226,7 @@ pub async fn whoami(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<Value, ApiError> = async {
         let (app, caller) = context(depot)?;
         let me = &caller.user;
-        super::users::represent_one(&app.db, me).await
+        super::users::represent_one(&app.db, app.config.timezone(), me).await
     }
     .await;
     super::respond(res, StatusCode::OK, result);

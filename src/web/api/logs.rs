@@ -7,6 +7,7 @@ use super::{Caller, context, path_id};
 use crate::store::{Db, FetchRow};
 use crate::web::ApiError;
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
@@ -259,6 +260,7 @@ trait LogView: FetchRow {
 
     fn represent(
         db: &Db,
+        tz: Tz,
         rows: &[Self],
     ) -> impl Future<Output = Result<Vec<Value>, ApiError>> + Send;
 }
@@ -268,7 +270,7 @@ impl LogView for RequestRow {
     const FIELDS: &'static [&'static str] = REQUEST_FIELDS;
     const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[];
 
-    async fn represent(db: &Db, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
         let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
         let users = users_by_id(db, &ids).await?;
         Ok(rows
@@ -281,7 +283,7 @@ impl LogView for RequestRow {
                     "endpoint": r.endpoint,
                     "response_code": r.response_code,
                     "remote_address": r.remote_address,
-                    "timestamp": render_datetime(&r.timestamp),
+                    "timestamp": render_datetime(&r.timestamp, tz),
                     "cid": r.cid,
                     "user": r.user_id,
                 })
@@ -295,7 +297,7 @@ impl LogView for AuditRow {
     const FIELDS: &'static [&'static str] = AUDIT_FIELDS;
     const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("timestamp", true)];
 
-    async fn represent(db: &Db, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
         let ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
         let users = users_by_id(db, &ids).await?;
         Ok(rows
@@ -315,7 +317,7 @@ impl LogView for AuditRow {
                     "cid": r.cid,
                     "remote_addr": r.remote_addr,
                     "remote_port": r.remote_port,
-                    "timestamp": render_datetime(&r.timestamp),
+                    "timestamp": render_datetime(&r.timestamp, tz),
                     "actor": r.actor_id,
                     "_actor": r.actor_id.and_then(|u| users.get(&u).cloned()),
                 })
@@ -329,7 +331,7 @@ impl LogView for TaskRow {
     const FIELDS: &'static [&'static str] = TASK_FIELDS;
     const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("date_done", true)];
 
-    async fn represent(_db: &Db, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+    async fn represent(_db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
         Ok(rows
             .iter()
             .map(|r| {
@@ -345,9 +347,9 @@ impl LogView for TaskRow {
                     "content_type": r.content_type,
                     "content_encoding": r.content_encoding,
                     "result": r.result,
-                    "date_created": render_datetime(&r.date_created),
-                    "date_started": render_opt_datetime(&r.date_started),
-                    "date_done": render_datetime(&r.date_done),
+                    "date_created": render_datetime(&r.date_created, tz),
+                    "date_started": render_opt_datetime(&r.date_started, tz),
+                    "date_done": render_datetime(&r.date_done, tz),
                     "traceback": r.traceback,
                     "meta": r.meta,
                 })
@@ -361,7 +363,7 @@ impl LogView for FeedRow {
     const FIELDS: &'static [&'static str] = FEED_FIELDS;
     const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("timestamp", true)];
 
-    async fn represent(db: &Db, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
         let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
         let users = users_by_id(db, &ids).await?;
         Ok(rows
@@ -372,7 +374,7 @@ impl LogView for FeedRow {
                     "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
                     "record_id": r.record_id,
                     "record_type": r.record_type,
-                    "timestamp": render_datetime(&r.timestamp),
+                    "timestamp": render_datetime(&r.timestamp, tz),
                     "summary": r.summary,
                     "cid": r.cid,
                     "status": r.status,
@@ -397,7 +399,7 @@ async fn staff_list<R: LogView>(req: &Request, depot: &Depot) -> Result<Value, A
         R::DEFAULT_ORDER,
     )
     .await?;
-    let results = R::represent(&app.db, &rows).await?;
+    let results = R::represent(&app.db, app.config.timezone(), &rows).await?;
     Ok(page.envelope(results))
 }
 
@@ -418,7 +420,7 @@ async fn staff_item<R: LogView>(
     if rows.is_empty() {
         return Err(ApiError::no_match(model));
     }
-    let represented = R::represent(&app.db, &rows).await?;
+    let represented = R::represent(&app.db, app.config.timezone(), &rows).await?;
     Ok(represented.into_iter().next().unwrap_or(Value::Null))
 }
 

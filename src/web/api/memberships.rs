@@ -5,13 +5,14 @@ use super::Caller;
 use super::body::Body;
 use super::fields::Validator;
 use super::list::{Column, Kind, ListSpec, search_via};
-use super::resource::{self, Docs, Field, Fut, Policy, Resource, Val, Who};
+use super::resource::{self, Docs, Field, Policy, Resource, Val, Who};
 use super::summaries::{self, MembershipRow, user_summary};
 use super::users::{AuditLogSummaryDoc, TeamSummaryDoc, UserSummaryDoc};
 use crate::store::audit::Action;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::{on_db, on_tx};
+use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::Expr;
 use serde::Serialize;
@@ -68,13 +69,17 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     }
 }
 
-pub async fn represent(db: &Db, rows: &[MembershipRow]) -> Result<Vec<Membership>, ApiError> {
+pub async fn represent(
+    db: &Db,
+    tz: Tz,
+    rows: &[MembershipRow],
+) -> Result<Vec<Membership>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|m| m.id).collect();
     let user_ids: Vec<i64> = rows.iter().map(|m| m.user_id).collect();
     let team_ids: Vec<i64> = rows.iter().map(|m| m.team_id).collect();
     let users = summaries::load_users(db, &user_ids).await?;
     let teams = summaries::teams_by_id(db, &team_ids).await?;
-    let mut history = summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
         .map(|m| Membership {
@@ -307,55 +312,53 @@ impl Resource for Memberships {
         ),
     };
 
-    fn id(row: &MembershipRow) -> i64 {
-        row.id
+    crate::record_id!();
+
+    async fn repr(tx: &mut Tx, row: &MembershipRow) -> Result<String, ApiError> {
+        repr(tx, row).await
     }
 
-    fn set_id(row: &mut MembershipRow, id: i64) {
-        row.id = id;
-    }
-
-    fn repr<'a>(tx: &'a mut Tx, row: &'a MembershipRow) -> Fut<'a, String> {
-        Box::pin(repr(tx, row))
-    }
-
-    fn validate<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        body: &'a Body,
+    async fn validate(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
         partial: bool,
-        current: Option<&'a MembershipRow>,
-    ) -> Fut<'a, (MembershipRow, ())> {
-        Box::pin(async move { Ok((validate(db, caller, body, partial, current).await?, ())) })
+        current: Option<&MembershipRow>,
+    ) -> Result<(MembershipRow, ()), ApiError> {
+        Ok((validate(db, caller, body, partial, current).await?, ()))
     }
 
-    fn represent<'a>(db: &'a Db, rows: &'a [MembershipRow]) -> Fut<'a, Vec<Membership>> {
-        Box::pin(represent(db, rows))
+    async fn represent(
+        db: &Db,
+        tz: Tz,
+        rows: &[MembershipRow],
+    ) -> Result<Vec<Membership>, ApiError> {
+        represent(db, tz, rows).await
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
         scope(q, caller)
     }
 
-    fn check_record<'a>(db: &'a Db, caller: &'a Caller, row: &'a MembershipRow) -> Fut<'a, ()> {
-        Box::pin(check_visible(db, caller, row))
+    async fn check_record(db: &Db, caller: &Caller, row: &MembershipRow) -> Result<(), ApiError> {
+        check_visible(db, caller, row).await
     }
 
-    fn check_write<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        row: &'a MembershipRow,
+    async fn check_write(
+        db: &Db,
+        caller: &Caller,
+        row: &MembershipRow,
         action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(check_write(db, caller, action, row))
+    ) -> Result<(), ApiError> {
+        check_write(db, caller, action, row).await
     }
 
-    fn check_body<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        body: &'a Body,
+    async fn check_body(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
         _action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(check_body_team(db, caller, body))
+    ) -> Result<(), ApiError> {
+        check_body_team(db, caller, body).await
     }
 }

@@ -19,6 +19,7 @@ use crate::web::api::body::{self, Body};
 use crate::web::api::list::{self as listing, Column, Kind, ListSpec};
 use crate::web::api::{Caller, context, path_id};
 use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
 use salvo::http::StatusCode;
 use salvo::oapi::{
     Components, Content, Endpoint as Documented, Object, Operation, Parameter, ParameterIn, RefOr,
@@ -191,8 +192,6 @@ pub struct Docs {
     pub destroy: Text,
 }
 
-pub type Fut<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
-
 /// A resource served by the generic handlers.
 pub trait Resource: Send + Sync + Sized + 'static {
     /// A stored record, as `select` reads it.
@@ -231,74 +230,85 @@ pub trait Resource: Send + Sync + Sized + 'static {
     fn set_id(row: &mut Self::Row, id: i64);
 
     /// The audit trail's text of a record. Called inside the write's transaction.
-    fn repr<'a>(tx: &'a mut Tx, row: &'a Self::Row) -> Fut<'a, String>;
+    fn repr(tx: &mut Tx, row: &Self::Row) -> impl Future<Output = Result<String, ApiError>> + Send;
 
     /// Validates a body against the stored record (`current`, `None` on create): the new
     /// row (id of `current`, or 0) and the extras `after_write` applies.
-    fn validate<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        body: &'a Body,
+    fn validate(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
         partial: bool,
-        current: Option<&'a Self::Row>,
-    ) -> Fut<'a, (Self::Row, Self::Extra)>;
+        current: Option<&Self::Row>,
+    ) -> impl Future<Output = Result<(Self::Row, Self::Extra), ApiError>> + Send;
 
     /// Representations of some records, in their order (a constant number of queries).
-    fn represent<'a>(db: &'a Db, rows: &'a [Self::Row]) -> Fut<'a, Vec<Self::Repr>>;
+    fn represent(
+        db: &Db,
+        tz: Tz,
+        rows: &[Self::Row],
+    ) -> impl Future<Output = Result<Vec<Self::Repr>, ApiError>> + Send;
 
     /// Restricts the list to what the caller may see.
     fn scope(_q: &mut SelectStatement, _caller: &Caller) {}
 
     /// Object-level rule of every item method (403).
-    fn check_record<'a>(_db: &'a Db, _caller: &'a Caller, _row: &'a Self::Row) -> Fut<'a, ()> {
-        Box::pin(async { Ok(()) })
+    fn check_record(
+        _db: &Db,
+        _caller: &Caller,
+        _row: &Self::Row,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
     }
 
     /// Object-level rule of the item writes (update, partial update, destroy), after
     /// `check_record`.
-    fn check_write<'a>(
-        _db: &'a Db,
-        _caller: &'a Caller,
-        _row: &'a Self::Row,
+    fn check_write(
+        _db: &Db,
+        _caller: &Caller,
+        _row: &Self::Row,
         _action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(async { Ok(()) })
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
     }
 
     /// View-level rule on the body of a write (403), before validation.
-    fn check_body<'a>(
-        _db: &'a Db,
-        _caller: &'a Caller,
-        _body: &'a Body,
+    fn check_body(
+        _db: &Db,
+        _caller: &Caller,
+        _body: &Body,
         _action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(async { Ok(()) })
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
     }
 
     /// Runs in the write's transaction after the row is stored, before the audit entry.
-    fn after_write<'a>(
-        _tx: &'a mut Tx,
-        _row: &'a Self::Row,
+    fn after_write(
+        _tx: &mut Tx,
+        _row: &Self::Row,
         _extra: Self::Extra,
         _action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(async { Ok(()) })
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
     }
 
     /// Runs in the delete's transaction before the audit entry and the delete (refusals).
-    fn before_delete<'a>(_tx: &'a mut Tx, _row: &'a Self::Row) -> Fut<'a, ()> {
-        Box::pin(async { Ok(()) })
+    fn before_delete(
+        _tx: &mut Tx,
+        _row: &Self::Row,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
     }
 
     /// Runs in the delete's transaction after `before_delete`, before the record's own audit
     /// entry: the audit entries of the rows the delete cascades to. Returns the stored files
     /// the delete takes with it, removed once it is committed.
-    fn cascade<'a>(
-        _tx: &'a mut Tx,
-        _ctx: &'a AuditContext,
-        _row: &'a Self::Row,
-    ) -> Fut<'a, Vec<String>> {
-        Box::pin(async { Ok(Vec::new()) })
+    fn cascade(
+        _tx: &mut Tx,
+        _ctx: &AuditContext,
+        _row: &Self::Row,
+    ) -> impl Future<Output = Result<Vec<String>, ApiError>> + Send {
+        async { Ok(Vec::new()) }
     }
 
     /// The answer when the delete hits a foreign key (`None`: the database error).
@@ -365,8 +375,8 @@ pub async fn found<R: Resource>(db: &Db, id: i64) -> Result<R::Row, ApiError> {
         .ok_or_else(|| ApiError::no_match(R::MODEL))
 }
 
-async fn represent_one<R: Resource>(db: &Db, row: &R::Row) -> Result<R::Repr, ApiError> {
-    R::represent(db, std::slice::from_ref(row))
+async fn represent_one<R: Resource>(db: &Db, tz: Tz, row: &R::Row) -> Result<R::Repr, ApiError> {
+    R::represent(db, tz, std::slice::from_ref(row))
         .await?
         .pop()
         .ok_or(ApiError::Internal)
@@ -485,15 +495,16 @@ async fn list<R: Resource>(
         let base = select::<R>(app.db.engine());
         listing::page_from::<R::Row>(req, &app.db, tz, &R::SPEC, base, &scope, &[]).await?
     };
-    envelope::<R>(&app.db, &page, &rows).await
+    envelope::<R>(&app.db, tz, &page, &rows).await
 }
 
 async fn envelope<R: Resource>(
     db: &Db,
+    tz: Tz,
     page: &listing::Page,
     rows: &[R::Row],
 ) -> Result<serde_json::Value, ApiError> {
-    let reprs = R::represent(db, rows).await?;
+    let reprs = R::represent(db, tz, rows).await?;
     let results = reprs
         .iter()
         .map(serde_json::to_value)
@@ -528,7 +539,7 @@ async fn writable<R: Resource>(
 async fn retrieve<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
     let (app, caller) = context(depot)?;
     let row = accessible::<R>(&app.db, &caller, req).await?;
-    represent_one::<R>(&app.db, &row).await
+    represent_one::<R>(&app.db, app.config.timezone(), &row).await
 }
 
 async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
@@ -544,7 +555,7 @@ async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::
     R::after_write(&mut tx, &row, extra, Action::Create).await?;
     record::<R>(&mut tx, &ctx, Action::Create, None, Some(&row)).await?;
     tx.commit().await?;
-    represent_one::<R>(&app.db, &row).await
+    represent_one::<R>(&app.db, app.config.timezone(), &row).await
 }
 
 async fn update<R: Resource>(
@@ -576,7 +587,7 @@ async fn update<R: Resource>(
     R::after_write(&mut tx, &after, extra, Action::Update).await?;
     record::<R>(&mut tx, &ctx, Action::Update, Some(&current), Some(&after)).await?;
     tx.commit().await?;
-    represent_one::<R>(&app.db, &after).await
+    represent_one::<R>(&app.db, app.config.timezone(), &after).await
 }
 
 async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<(), ApiError> {
@@ -844,6 +855,20 @@ pub fn endpoint<R: Resource, const OP: u8>() -> Documented {
     };
     operation = operation.add_response(status, response);
     Documented::new(operation, components)
+}
+
+/// `Resource::id` and `Resource::set_id` for a row whose primary key is its `id` field.
+#[macro_export]
+macro_rules! record_id {
+    () => {
+        fn id(row: &Self::Row) -> i64 {
+            row.id
+        }
+
+        fn set_id(row: &mut Self::Row, id: i64) {
+            row.id = id;
+        }
+    };
 }
 
 /// Registers the six operations of a resource in the OpenAPI document (once per resource,

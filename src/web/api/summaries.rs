@@ -4,22 +4,14 @@
 use crate::store::users::User;
 use crate::store::{Db, DbError};
 use chrono::{DateTime, SecondsFormat, Utc};
+use chrono_tz::Tz;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::OnceLock;
-
-static TIMEZONE: OnceLock<chrono_tz::Tz> = OnceLock::new();
-
-/// Sets the zone datetimes are rendered in (`server.timezone`); first call wins.
-pub fn set_timezone(tz: chrono_tz::Tz) {
-    let _ = TIMEZONE.set(tz);
-}
 
 /// ISO 8601; microseconds only when non-zero (then exactly six digits); `Z` for UTC, else the
-/// configured zone's offset.
-pub fn render_datetime(dt: &DateTime<Utc>) -> String {
-    let tz = TIMEZONE.get().copied().unwrap_or(chrono_tz::UTC);
+/// offset of `tz`, the site's zone (`server.timezone`).
+pub fn render_datetime(dt: &DateTime<Utc>, tz: Tz) -> String {
     let secs = if dt.timestamp_subsec_micros() == 0 {
         SecondsFormat::Secs
     } else {
@@ -32,9 +24,9 @@ pub fn render_datetime(dt: &DateTime<Utc>) -> String {
     }
 }
 
-pub fn render_opt_datetime(dt: &Option<DateTime<Utc>>) -> Value {
+pub fn render_opt_datetime(dt: &Option<DateTime<Utc>>, tz: Tz) -> Value {
     dt.as_ref()
-        .map(|d| Value::String(render_datetime(d)))
+        .map(|d| Value::String(render_datetime(d, tz)))
         .unwrap_or(Value::Null)
 }
 
@@ -158,9 +150,10 @@ pub async fn memberships_where(
 }
 
 /// `_history` for a page: entries of `content_type` for `ids`, newest first, with `_actor`
-/// summaries, in two queries whatever the page size.
+/// summaries, in two queries whatever the page size; timestamps in the site's zone `tz`.
 pub async fn history(
     db: &Db,
+    tz: Tz,
     content_type: &str,
     ids: &[i64],
 ) -> Result<HashMap<i64, Vec<Value>>, DbError> {
@@ -183,7 +176,7 @@ pub async fn history(
             .unwrap_or(Value::Null);
         out.entry(object_id).or_default().push(json!({
             "id": r.id,
-            "timestamp": render_datetime(&r.timestamp),
+            "timestamp": render_datetime(&r.timestamp, tz),
             "action": crate::store::audit::action_label(r.action),
             "actor": r.actor_id,
             "_actor": actor,
@@ -240,10 +233,15 @@ mod tests {
         let dt = DateTime::parse_from_rfc3339("2026-11-26T07:31:35.524305Z")
             .expect("dt")
             .with_timezone(&Utc);
-        assert_eq!(render_datetime(&dt), "2026-11-26T07:31:35.524305Z");
+        assert_eq!(render_datetime(&dt, Tz::UTC), "2026-11-26T07:31:35.524305Z");
         let dt = DateTime::parse_from_rfc3339("2026-11-26T07:31:35Z")
             .expect("dt")
             .with_timezone(&Utc);
-        assert_eq!(render_datetime(&dt), "2026-11-26T07:31:35Z");
+        assert_eq!(render_datetime(&dt, Tz::UTC), "2026-11-26T07:31:35Z");
+        // Another zone: its offset instead of `Z`, the same instant.
+        assert_eq!(
+            render_datetime(&dt, chrono_tz::America::New_York),
+            "2026-11-26T02:31:35-05:00"
+        );
     }
 }

@@ -5,7 +5,7 @@ use super::Caller;
 use super::body::Body;
 use super::fields::{Text, Validator};
 use super::list::{Column, Kind, ListSpec, search};
-use super::resource::{self, Docs, Field, Fut, Policy, Resource, Val, Who, Write};
+use super::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
 use super::summaries::{self, TeamRow, user_summary};
 use super::users::{AuditLogSummaryDoc, UserSummaryDoc};
 use crate::domain::policy::{self, Role};
@@ -13,6 +13,7 @@ use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::{on_db, on_tx};
+use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
@@ -100,12 +101,12 @@ fn list_scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     }
 }
 
-pub async fn represent(db: &Db, teams: &[TeamRow]) -> Result<Vec<Team>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, teams: &[TeamRow]) -> Result<Vec<Team>, ApiError> {
     let ids: Vec<i64> = teams.iter().map(|t| t.id).collect();
     let memberships = summaries::memberships_where(db, "team_id", &ids).await?;
     let user_ids: Vec<i64> = memberships.iter().map(|m| m.user_id).collect();
     let users = summaries::load_users(db, &user_ids).await?;
-    let mut history = summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(teams
         .iter()
         .map(|t| {
@@ -313,36 +314,28 @@ impl Resource for Teams {
         ),
     };
 
-    fn id(row: &TeamRow) -> i64 {
-        row.id
+    crate::record_id!();
+
+    async fn repr(_tx: &mut Tx, row: &TeamRow) -> Result<String, ApiError> {
+        Ok(repr(row))
     }
 
-    fn set_id(row: &mut TeamRow, id: i64) {
-        row.id = id;
-    }
-
-    fn repr<'a>(_tx: &'a mut Tx, row: &'a TeamRow) -> Fut<'a, String> {
-        Box::pin(async move { Ok(repr(row)) })
-    }
-
-    fn validate<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        body: &'a Body,
+    async fn validate(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
         partial: bool,
-        current: Option<&'a TeamRow>,
-    ) -> Fut<'a, (TeamRow, ())> {
-        Box::pin(async move {
-            let row = match current {
-                Some(team) => validate_change(body, partial, team)?,
-                None => validate_new(db, caller, body).await?,
-            };
-            Ok((row, ()))
-        })
+        current: Option<&TeamRow>,
+    ) -> Result<(TeamRow, ()), ApiError> {
+        let row = match current {
+            Some(team) => validate_change(body, partial, team)?,
+            None => validate_new(db, caller, body).await?,
+        };
+        Ok((row, ()))
     }
 
-    fn represent<'a>(db: &'a Db, rows: &'a [TeamRow]) -> Fut<'a, Vec<Team>> {
-        Box::pin(represent(db, rows))
+    async fn represent(db: &Db, tz: Tz, rows: &[TeamRow]) -> Result<Vec<Team>, ApiError> {
+        represent(db, tz, rows).await
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
@@ -350,49 +343,43 @@ impl Resource for Teams {
     }
 
     /// Inactive teams are 404 for non-staff.
-    fn check_record<'a>(_db: &'a Db, caller: &'a Caller, row: &'a TeamRow) -> Fut<'a, ()> {
-        Box::pin(async move {
-            if !policy::team_visible(caller.is_staff(), row.is_active) {
-                return Err(ApiError::no_match(MODEL));
-            }
-            Ok(())
-        })
+    async fn check_record(_db: &Db, caller: &Caller, row: &TeamRow) -> Result<(), ApiError> {
+        if !policy::team_visible(caller.is_staff(), row.is_active) {
+            return Err(ApiError::no_match(MODEL));
+        }
+        Ok(())
     }
 
     /// Staff or an admin/owner of the team, else 403.
-    fn check_write<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        row: &'a TeamRow,
+    async fn check_write(
+        db: &Db,
+        caller: &Caller,
+        row: &TeamRow,
         _action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(async move {
-            if !caller.is_staff() && !is_privileged(db, caller.id(), row.id).await? {
-                return Err(ApiError::forbidden());
-            }
-            Ok(())
-        })
+    ) -> Result<(), ApiError> {
+        if !caller.is_staff() && !is_privileged(db, caller.id(), row.id).await? {
+            return Err(ApiError::forbidden());
+        }
+        Ok(())
     }
 
     /// The team's memberships, allocation requests (with what hangs on them) and research
     /// records go with it; the requests' attachment files once the delete is committed.
-    fn cascade<'a>(
-        tx: &'a mut Tx,
-        ctx: &'a AuditContext,
-        team: &'a TeamRow,
-    ) -> Fut<'a, Vec<String>> {
-        Box::pin(async move {
-            audit_cascaded_memberships(tx, ctx, "team_id", team.id).await?;
-            super::allocations::requests::audit_cascaded_team(tx, ctx, team.id).await?;
-            super::research::audit_cascaded_team(tx, ctx, team.id).await?;
-            let request_ids: Vec<i64> = on_tx!(tx, |c| sqlx::query_scalar(
-                "SELECT id FROM allocations_allocationrequest WHERE team_id = $1"
-            )
-            .bind(team.id)
-            .fetch_all(c)
-            .await)?;
-            super::allocations::attachments::stored_files(tx, &request_ids).await
-        })
+    async fn cascade(
+        tx: &mut Tx,
+        ctx: &AuditContext,
+        team: &TeamRow,
+    ) -> Result<Vec<String>, ApiError> {
+        audit_cascaded_memberships(tx, ctx, "team_id", team.id).await?;
+        super::allocations::requests::audit_cascaded_team(tx, ctx, team.id).await?;
+        super::research::audit_cascaded_team(tx, ctx, team.id).await?;
+        let request_ids: Vec<i64> = on_tx!(tx, |c| sqlx::query_scalar(
+            "SELECT id FROM allocations_allocationrequest WHERE team_id = $1"
+        )
+        .bind(team.id)
+        .fetch_all(c)
+        .await)?;
+        super::allocations::attachments::stored_files(tx, &request_ids).await
     }
 }
 

@@ -10,6 +10,7 @@ use crate::store::users::{USER_COLUMNS, User};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::{on_db, on_tx};
+use chrono_tz::Tz;
 use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
@@ -129,7 +130,7 @@ pub struct UserPage {
 
 /// Representations of a page of users: memberships, their teams, history and its actors in
 /// four queries whatever the page size.
-pub async fn represent(db: &Db, users: &[User]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, users: &[User]) -> Result<Vec<Value>, ApiError> {
     let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
     let memberships = summaries::memberships_where(db, "user_id", &ids).await?;
     let team_ids: Vec<i64> = memberships.iter().map(|m| m.team_id).collect();
@@ -142,7 +143,7 @@ pub async fn represent(db: &Db, users: &[User]) -> Result<Vec<Value>, ApiError> 
     } else {
         crate::store::fetch_all(db, &q).await?
     };
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(users
         .iter()
         .map(|u| {
@@ -174,8 +175,8 @@ pub async fn represent(db: &Db, users: &[User]) -> Result<Vec<Value>, ApiError> 
                 "is_active": u.is_active,
                 "is_staff": u.is_staff,
                 "is_ldap_user": u.is_ldap_user,
-                "date_joined": render_datetime(&u.date_joined),
-                "last_login": render_opt_datetime(&u.last_login),
+                "date_joined": render_datetime(&u.date_joined, tz),
+                "last_login": render_opt_datetime(&u.last_login, tz),
                 "groups": [],
                 "user_permissions": [],
             })
@@ -183,8 +184,8 @@ pub async fn represent(db: &Db, users: &[User]) -> Result<Vec<Value>, ApiError> 
         .collect())
 }
 
-pub async fn represent_one(db: &Db, user: &User) -> Result<Value, ApiError> {
-    Ok(represent(db, std::slice::from_ref(user))
+pub async fn represent_one(db: &Db, tz: Tz, user: &User) -> Result<Value, ApiError> {
+    Ok(represent(db, tz, std::slice::from_ref(user))
         .await?
         .pop()
         .unwrap_or(Value::Null))
@@ -217,7 +218,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             scope,
         )
         .await?;
-        Ok(page.envelope(represent(&app.db, &rows).await?))
+        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
     }
     .await;
     super::respond(res, StatusCode::OK, result);
@@ -251,7 +252,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         let (app, caller) = context(depot)?;
         let id = path_id(req)?;
         let user = visible_user(&app, &caller, id).await?;
-        represent_one(&app.db, &user).await
+        represent_one(&app.db, app.config.timezone(), &user).await
     }
     .await;
     super::respond(res, StatusCode::OK, result);
@@ -484,7 +485,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         };
         let ctx = crate::web::access::audit_context(req, depot);
         let user = insert(&app.db, &ctx, &new, &fields).await?;
-        represent_one(&app.db, &user).await
+        represent_one(&app.db, app.config.timezone(), &user).await
     }
     .await;
     super::respond(res, StatusCode::CREATED, result);
@@ -558,7 +559,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     )
     .await?;
     tx.commit().await?;
-    represent_one(&app.db, &after).await
+    represent_one(&app.db, app.config.timezone(), &after).await
 }
 
 /// Update a user.

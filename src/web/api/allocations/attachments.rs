@@ -22,6 +22,7 @@ use crate::web::api::{Caller, context, path_id};
 use crate::web::canonical::percent_decode_strict;
 use crate::{on_db, on_tx};
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono_tz::Tz;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use salvo::http::StatusCode;
 use salvo::http::header::{self, HeaderValue};
@@ -211,11 +212,11 @@ pub async fn body_request(db: &Db, body: &Body) -> Result<Option<RequestRef>, Ap
 
 /// Representations of a page: request summaries and history in three queries whatever the
 /// page size.
-pub async fn represent(db: &Db, rows: &[AttachmentRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, rows: &[AttachmentRow]) -> Result<Vec<Value>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|a| a.id).collect();
     let request_ids: Vec<i64> = rows.iter().map(|a| a.request_id).collect();
     let requests = requests_by_id(db, &request_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
         .map(|a| {
@@ -225,15 +226,15 @@ pub async fn represent(db: &Db, rows: &[AttachmentRow]) -> Result<Vec<Value>, Ap
                 "name": a.name,
                 "_request": requests.get(&a.request_id).map(request_summary).unwrap_or(Value::Null),
                 "_history": history.remove(&a.id).unwrap_or_default(),
-                "uploaded": render_datetime(&a.uploaded),
+                "uploaded": render_datetime(&a.uploaded, tz),
                 "request": a.request_id,
             })
         })
         .collect())
 }
 
-async fn represent_one(db: &Db, a: &AttachmentRow) -> Result<Value, ApiError> {
-    Ok(represent(db, std::slice::from_ref(a))
+async fn represent_one(db: &Db, tz: Tz, a: &AttachmentRow) -> Result<Value, ApiError> {
+    Ok(represent(db, tz, std::slice::from_ref(a))
         .await?
         .pop()
         .unwrap_or(Value::Null))
@@ -264,7 +265,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             scope_to_caller_teams,
         )
         .await?;
-        Ok(page.envelope(represent(&app.db, &rows).await?))
+        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -318,7 +319,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let result = async {
         let (app, caller) = context(depot)?;
         let a = readable(&app.db, &caller, path_id(req)?).await?;
-        represent_one(&app.db, &a).await
+        represent_one(&app.db, app.config.timezone(), &a).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -584,7 +585,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             remove_files(&app.db, &app.config, std::slice::from_ref(&file)).await;
             return Err(e);
         }
-        represent_one(&app.db, &row).await
+        represent_one(&app.db, app.config.timezone(), &row).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::CREATED, result);
@@ -646,7 +647,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
         (Ok(()), Some(_)) => remove_unreferenced(&app.db, &app.config, &current.file).await?,
         (Ok(()), None) => {}
     }
-    represent_one(&app.db, &after).await
+    represent_one(&app.db, app.config.timezone(), &after).await
 }
 
 /// Update a file attachment.

@@ -8,11 +8,12 @@ use crate::web::ApiError;
 use crate::web::api::body::Body;
 use crate::web::api::fields::{Text, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search};
-use crate::web::api::resource::{self, Docs, Field, Fut, Policy, Resource, Val};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries;
 use crate::web::api::users::{AuditLogSummaryDoc, TeamSummaryDoc};
 use crate::web::api::{Caller, body};
 use crate::{on_db, on_tx};
+use chrono_tz::Tz;
 use salvo::oapi::{Components, RefOr, Schema, ToSchema};
 use sea_query::{Alias, Cond, Expr, ExprTrait, Query};
 use serde::Serialize;
@@ -167,12 +168,12 @@ async fn access_rows(db: &Db, ids: &[i64]) -> Result<Vec<(i64, i64)>, ApiError> 
 
 /// Representations of a page of clusters: access lists, their teams and history in a
 /// constant number of queries.
-pub async fn represent(db: &Db, rows: &[ClusterRow]) -> Result<Vec<Cluster>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, rows: &[ClusterRow]) -> Result<Vec<Cluster>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
     let access = access_rows(db, &ids).await?;
     let team_ids: Vec<i64> = access.iter().map(|(_, t)| *t).collect();
     let teams = summaries::teams_by_id(db, &team_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
         .map(|c| {
@@ -402,62 +403,52 @@ impl Resource for Clusters {
         ),
     };
 
-    fn id(row: &ClusterRow) -> i64 {
-        row.id
+    crate::record_id!();
+
+    async fn repr(_tx: &mut Tx, row: &ClusterRow) -> Result<String, ApiError> {
+        Ok(repr(row))
     }
 
-    fn set_id(row: &mut ClusterRow, id: i64) {
-        row.id = id;
-    }
-
-    fn repr<'a>(_tx: &'a mut Tx, row: &'a ClusterRow) -> Fut<'a, String> {
-        Box::pin(async move { Ok(repr(row)) })
-    }
-
-    fn validate<'a>(
-        db: &'a Db,
-        _caller: &'a Caller,
-        body: &'a Body,
+    async fn validate(
+        db: &Db,
+        _caller: &Caller,
+        body: &Body,
         partial: bool,
-        current: Option<&'a ClusterRow>,
-    ) -> Fut<'a, (ClusterRow, Self::Extra)> {
-        Box::pin(validate(db, body, partial, current))
+        current: Option<&ClusterRow>,
+    ) -> Result<(ClusterRow, Self::Extra), ApiError> {
+        validate(db, body, partial, current).await
     }
 
-    fn represent<'a>(db: &'a Db, rows: &'a [ClusterRow]) -> Fut<'a, Vec<Cluster>> {
-        Box::pin(represent(db, rows))
+    async fn represent(db: &Db, tz: Tz, rows: &[ClusterRow]) -> Result<Vec<Cluster>, ApiError> {
+        represent(db, tz, rows).await
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
         scope(q, caller)
     }
 
-    fn after_write<'a>(
-        tx: &'a mut Tx,
-        row: &'a ClusterRow,
+    async fn after_write(
+        tx: &mut Tx,
+        row: &ClusterRow,
         teams: Self::Extra,
         _action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(async move {
-            match teams {
-                Some(teams) => set_access_teams(tx, row.id, &teams).await,
-                None => Ok(()),
-            }
-        })
+    ) -> Result<(), ApiError> {
+        match teams {
+            Some(teams) => set_access_teams(tx, row.id, &teams).await,
+            None => Ok(()),
+        }
     }
 
     /// Checked inside the transaction so a concurrent allocation cannot slip in between
     /// the check and the delete unnoticed (the foreign key would refuse it anyway).
-    fn before_delete<'a>(tx: &'a mut Tx, row: &'a ClusterRow) -> Fut<'a, ()> {
-        Box::pin(async move {
-            let used: i64 = on_tx!(tx, |conn| sqlx::query_scalar(
-                "SELECT COUNT(*) FROM allocations_resourceallocation WHERE cluster_id = $1"
-            )
-            .bind(row.id)
-            .fetch_one(conn)
-            .await)?;
-            if used > 0 { Err(blocked()) } else { Ok(()) }
-        })
+    async fn before_delete(tx: &mut Tx, row: &ClusterRow) -> Result<(), ApiError> {
+        let used: i64 = on_tx!(tx, |conn| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM allocations_resourceallocation WHERE cluster_id = $1"
+        )
+        .bind(row.id)
+        .fetch_one(conn)
+        .await)?;
+        if used > 0 { Err(blocked()) } else { Ok(()) }
     }
 
     fn still_referenced() -> Option<ApiError> {

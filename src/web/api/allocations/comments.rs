@@ -17,6 +17,7 @@ use crate::web::api::summaries::{self, render_datetime};
 use crate::web::api::{Caller, context, path_id};
 use crate::{on_db, on_tx};
 use chrono::{DateTime, SubsecRound, Utc};
+use chrono_tz::Tz;
 use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
@@ -105,13 +106,13 @@ fn scope(q: &mut SelectStatement, caller: &Caller) {
 
 /// Representations of a page: authors, requests and history in four queries whatever the
 /// page size.
-pub async fn represent(db: &Db, rows: &[CommentRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, rows: &[CommentRow]) -> Result<Vec<Value>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
     let user_ids: Vec<i64> = rows.iter().map(|c| c.user_id).collect();
     let request_ids: Vec<i64> = rows.iter().map(|c| c.request_id).collect();
     let users = summaries::users_by_id(db, &user_ids).await?;
     let requests = requests_by_id(db, &request_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
         .map(|c| {
@@ -122,7 +123,7 @@ pub async fn represent(db: &Db, rows: &[CommentRow]) -> Result<Vec<Value>, ApiEr
                 "_request": requests.get(&c.request_id).map(request_summary).unwrap_or(Value::Null),
                 "_history": history.remove(&c.id).unwrap_or_default(),
                 "content": c.content,
-                "created": render_datetime(&c.created),
+                "created": render_datetime(&c.created, tz),
                 "private": c.private,
                 "request": c.request_id,
             })
@@ -130,8 +131,8 @@ pub async fn represent(db: &Db, rows: &[CommentRow]) -> Result<Vec<Value>, ApiEr
         .collect())
 }
 
-async fn represent_one(db: &Db, c: &CommentRow) -> Result<Value, ApiError> {
-    Ok(represent(db, std::slice::from_ref(c))
+async fn represent_one(db: &Db, tz: Tz, c: &CommentRow) -> Result<Value, ApiError> {
+    Ok(represent(db, tz, std::slice::from_ref(c))
         .await?
         .pop()
         .unwrap_or(Value::Null))
@@ -160,7 +161,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             &scope,
         )
         .await?;
-        Ok(page.envelope(represent(&app.db, &rows).await?))
+        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -210,7 +211,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let result = async {
         let (app, caller) = context(depot)?;
         let c = accessible(&app.db, &caller, path_id(req)?).await?;
-        represent_one(&app.db, &c).await
+        represent_one(&app.db, app.config.timezone(), &c).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -366,7 +367,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         )
         .await?;
         tx.commit().await?;
-        represent_one(&app.db, &row).await
+        represent_one(&app.db, app.config.timezone(), &row).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::CREATED, result);
@@ -412,7 +413,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     )
     .await?;
     tx.commit().await?;
-    represent_one(&app.db, &after).await
+    represent_one(&app.db, app.config.timezone(), &after).await
 }
 
 /// Update a comment.

@@ -15,6 +15,7 @@ use crate::web::api::summaries::{self, render_datetime};
 use crate::web::api::{Caller, body, context, path_id};
 use crate::{on_db, on_tx};
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono_tz::Tz;
 use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
@@ -581,6 +582,7 @@ fn publication_summary(p: &PublicationRow) -> Value {
 /// queries whatever the page size. Non-staff callers get public comments only.
 pub async fn represent(
     db: &Db,
+    tz: Tz,
     caller: &Caller,
     rows: &[RequestRow],
 ) -> Result<Vec<Value>, ApiError> {
@@ -661,7 +663,7 @@ pub async fn represent(
     let grants = grants_by_id(db, &grant_ids).await?;
     let cluster_ids: Vec<i64> = allocations.iter().map(|a| a.cluster_id).collect();
     let clusters = clusters::by_ids(db, &cluster_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
 
     let user = |id: i64| users.get(&id).cloned().unwrap_or(Value::Null);
     Ok(rows
@@ -721,7 +723,7 @@ pub async fn represent(
                         "id": c.id,
                         "user": c.user_id,
                         "content": c.content,
-                        "created": render_datetime(&c.created),
+                        "created": render_datetime(&c.created, tz),
                         "private": c.private,
                         "_user": user(c.user_id),
                     })
@@ -740,7 +742,7 @@ pub async fn represent(
                 "_comments": expanded_comments,
                 "title": r.title,
                 "description": r.description,
-                "submitted": render_datetime(&r.submitted),
+                "submitted": render_datetime(&r.submitted, tz),
                 "active": render_date(&r.active),
                 "expire": render_date(&r.expire),
                 "status": r.status,
@@ -754,8 +756,13 @@ pub async fn represent(
         .collect())
 }
 
-async fn represent_one(db: &Db, caller: &Caller, r: &RequestRow) -> Result<Value, ApiError> {
-    Ok(represent(db, caller, std::slice::from_ref(r))
+async fn represent_one(
+    db: &Db,
+    tz: Tz,
+    caller: &Caller,
+    r: &RequestRow,
+) -> Result<Value, ApiError> {
+    Ok(represent(db, tz, caller, std::slice::from_ref(r))
         .await?
         .pop()
         .unwrap_or(Value::Null))
@@ -782,7 +789,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             rows,
             page,
         } = listing::caller_page::<RequestRow>(req, depot, &SPEC, &ROW_COLUMNS, scope).await?;
-        Ok(page.envelope(represent(&app.db, &caller, &rows).await?))
+        Ok(page.envelope(represent(&app.db, app.config.timezone(), &caller, &rows).await?))
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -812,7 +819,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         if !me.is_staff && !is_member(&app.db, me.id, r.team_id).await? {
             return Err(ApiError::forbidden());
         }
-        represent_one(&app.db, &caller, &r).await
+        represent_one(&app.db, app.config.timezone(), &caller, &r).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -1109,7 +1116,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         )
         .await?;
         tx.commit().await?;
-        represent_one(&app.db, &caller, &w.row).await
+        represent_one(&app.db, app.config.timezone(), &caller, &w.row).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::CREATED, result);
@@ -1161,7 +1168,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     )
     .await?;
     tx.commit().await?;
-    represent_one(&app.db, &caller, &w.row).await
+    represent_one(&app.db, app.config.timezone(), &caller, &w.row).await
 }
 
 /// Update an allocation request.

@@ -12,6 +12,7 @@ use crate::web::api::fields::{NOT_NULL, REQUIRED, Validator, pk_value};
 use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search_via};
 use crate::web::api::{Caller, body, context, path_id};
 use crate::{on_db, on_tx};
+use chrono_tz::Tz;
 use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
@@ -128,13 +129,13 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
 
 /// Representations of a page: clusters, requests and history in a constant number of
 /// queries.
-pub async fn represent(db: &Db, rows: &[AllocationRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, rows: &[AllocationRow]) -> Result<Vec<Value>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|a| a.id).collect();
     let cluster_ids: Vec<i64> = rows.iter().map(|a| a.cluster_id).collect();
     let request_ids: Vec<i64> = rows.iter().map(|a| a.request_id).collect();
     let cls = clusters::by_ids(db, &cluster_ids).await?;
     let reqs = requests::summaries_by_id(db, &request_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
         .map(|a| {
@@ -153,8 +154,8 @@ pub async fn represent(db: &Db, rows: &[AllocationRow]) -> Result<Vec<Value>, Ap
         .collect())
 }
 
-async fn represent_one(db: &Db, a: &AllocationRow) -> Result<Value, ApiError> {
-    Ok(represent(db, std::slice::from_ref(a))
+async fn represent_one(db: &Db, tz: Tz, a: &AllocationRow) -> Result<Value, ApiError> {
+    Ok(represent(db, tz, std::slice::from_ref(a))
         .await?
         .pop()
         .unwrap_or(Value::Null))
@@ -174,7 +175,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let listing::CallerPage {
             app, rows, page, ..
         } = listing::caller_page::<AllocationRow>(req, depot, &SPEC, &ROW_COLUMNS, scope).await?;
-        Ok(page.envelope(represent(&app.db, &rows).await?))
+        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -215,7 +216,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
                 return Err(ApiError::forbidden());
             }
         }
-        represent_one(&app.db, &a).await
+        represent_one(&app.db, app.config.timezone(), &a).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -485,7 +486,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         )
         .await?;
         tx.commit().await?;
-        represent_one(&app.db, &row).await
+        represent_one(&app.db, app.config.timezone(), &row).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::CREATED, result);
@@ -533,7 +534,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     )
     .await?;
     tx.commit().await?;
-    represent_one(&app.db, &after).await
+    represent_one(&app.db, app.config.timezone(), &after).await
 }
 
 /// Update a resource allocation.

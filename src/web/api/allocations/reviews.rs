@@ -12,6 +12,7 @@ use crate::web::api::summaries::{self, render_datetime};
 use crate::web::api::{Caller, body, context, path_id};
 use crate::{on_db, on_tx};
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
@@ -112,13 +113,13 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
 
 /// Representations of a page of reviews: requests, reviewers and history in a constant
 /// number of queries.
-pub async fn represent(db: &Db, rows: &[ReviewRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, rows: &[ReviewRow]) -> Result<Vec<Value>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let request_ids: Vec<i64> = rows.iter().map(|r| r.request_id).collect();
     let reviewer_ids: Vec<i64> = rows.iter().map(|r| r.reviewer_id).collect();
     let reqs = requests::summaries_by_id(db, &request_ids).await?;
     let users = summaries::users_by_id(db, &reviewer_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -128,7 +129,7 @@ pub async fn represent(db: &Db, rows: &[ReviewRow]) -> Result<Vec<Value>, ApiErr
                 "_reviewer": users.get(&r.reviewer_id).cloned().unwrap_or(Value::Null),
                 "_history": history.remove(&r.id).unwrap_or_default(),
                 "status": r.status,
-                "submitted": render_datetime(&r.submitted),
+                "submitted": render_datetime(&r.submitted, tz),
                 "request": r.request_id,
                 "reviewer": r.reviewer_id,
             })
@@ -136,8 +137,8 @@ pub async fn represent(db: &Db, rows: &[ReviewRow]) -> Result<Vec<Value>, ApiErr
         .collect())
 }
 
-async fn represent_one(db: &Db, r: &ReviewRow) -> Result<Value, ApiError> {
-    Ok(represent(db, std::slice::from_ref(r))
+async fn represent_one(db: &Db, tz: Tz, r: &ReviewRow) -> Result<Value, ApiError> {
+    Ok(represent(db, tz, std::slice::from_ref(r))
         .await?
         .pop()
         .unwrap_or(Value::Null))
@@ -165,7 +166,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             &scope,
         )
         .await?;
-        Ok(page.envelope(represent(&app.db, &rows).await?))
+        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -212,7 +213,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
                 return Err(ApiError::forbidden());
             }
         }
-        represent_one(&app.db, &r).await
+        represent_one(&app.db, app.config.timezone(), &r).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -345,7 +346,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         )
         .await?;
         tx.commit().await?;
-        represent_one(&app.db, &row).await
+        represent_one(&app.db, app.config.timezone(), &row).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::CREATED, result);
@@ -391,7 +392,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     )
     .await?;
     tx.commit().await?;
-    represent_one(&app.db, &after).await
+    represent_one(&app.db, app.config.timezone(), &after).await
 }
 
 /// Update an allocation review.

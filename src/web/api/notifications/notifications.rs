@@ -9,12 +9,11 @@ use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::fields::Validator;
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{
-    Docs, Field, Fut, Op, Policy, Resource, UNOFFERED, Val, Who, Write,
-};
+use crate::web::api::resource::{Docs, Field, Op, Policy, Resource, UNOFFERED, Val, Who, Write};
 use crate::web::api::summaries::{self, render_datetime, user_summary};
 use crate::web::api::users::UserSummaryDoc;
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
 use serde::Serialize;
@@ -120,14 +119,18 @@ pub fn scope(q: &mut SelectStatement, caller: &Caller) {
 }
 
 /// Representations of a page: the recipients in one query whatever the page size.
-pub async fn represent(db: &Db, rows: &[NotificationRow]) -> Result<Vec<Notification>, ApiError> {
+pub async fn represent(
+    db: &Db,
+    tz: Tz,
+    rows: &[NotificationRow],
+) -> Result<Vec<Notification>, ApiError> {
     let user_ids: Vec<i64> = rows.iter().map(|n| n.user_id).collect();
     let users = summaries::load_users(db, &user_ids).await?;
     Ok(rows
         .iter()
         .map(|n| Notification {
             id: n.id,
-            time: render_datetime(&n.time),
+            time: render_datetime(&n.time, tz),
             read: n.read,
             subject: n.subject.clone(),
             message_html: n.message_html.clone(),
@@ -206,31 +209,29 @@ impl Resource for Notifications {
     };
     const OPS: &'static [Op] = &[Op::List, Op::Retrieve, Op::PartialUpdate];
 
-    fn id(row: &NotificationRow) -> i64 {
-        row.id
-    }
-
-    fn set_id(row: &mut NotificationRow, id: i64) {
-        row.id = id;
-    }
+    crate::record_id!();
 
     /// Not audited: never called.
-    fn repr<'a>(_tx: &'a mut Tx, row: &'a NotificationRow) -> Fut<'a, String> {
-        Box::pin(async move { Ok(format!("Notification #{}", row.id)) })
+    async fn repr(_tx: &mut Tx, row: &NotificationRow) -> Result<String, ApiError> {
+        Ok(format!("Notification #{}", row.id))
     }
 
-    fn validate<'a>(
-        _db: &'a Db,
-        _caller: &'a Caller,
-        body: &'a Body,
+    async fn validate(
+        _db: &Db,
+        _caller: &Caller,
+        body: &Body,
         _partial: bool,
-        current: Option<&'a NotificationRow>,
-    ) -> Fut<'a, (NotificationRow, ())> {
-        Box::pin(async move { Ok((validate(body, current)?, ())) })
+        current: Option<&NotificationRow>,
+    ) -> Result<(NotificationRow, ()), ApiError> {
+        Ok((validate(body, current)?, ()))
     }
 
-    fn represent<'a>(db: &'a Db, rows: &'a [NotificationRow]) -> Fut<'a, Vec<Notification>> {
-        Box::pin(represent(db, rows))
+    async fn represent(
+        db: &Db,
+        tz: Tz,
+        rows: &[NotificationRow],
+    ) -> Result<Vec<Notification>, ApiError> {
+        represent(db, tz, rows).await
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {
@@ -238,12 +239,14 @@ impl Resource for Notifications {
     }
 
     /// The recipient (403 for anyone else, staff included).
-    fn check_record<'a>(_db: &'a Db, caller: &'a Caller, row: &'a NotificationRow) -> Fut<'a, ()> {
-        Box::pin(async move {
-            if row.user_id != caller.id() {
-                return Err(ApiError::forbidden());
-            }
-            Ok(())
-        })
+    async fn check_record(
+        _db: &Db,
+        caller: &Caller,
+        row: &NotificationRow,
+    ) -> Result<(), ApiError> {
+        if row.user_id != caller.id() {
+            return Err(ApiError::forbidden());
+        }
+        Ok(())
     }
 }

@@ -10,9 +10,10 @@ use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::fields::{NOT_NULL, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
-use crate::web::api::resource::{Docs, Field, Fut, Policy, Resource, Val, Who};
+use crate::web::api::resource::{Docs, Field, Policy, Resource, Val, Who};
 use crate::web::api::summaries::{self, user_summary};
 use crate::web::api::users::UserSummaryDoc;
+use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
 use serde::Serialize;
@@ -269,31 +270,29 @@ impl Resource for Preferences {
         ),
     };
 
-    fn id(row: &PreferenceRow) -> i64 {
-        row.id
-    }
-
-    fn set_id(row: &mut PreferenceRow, id: i64) {
-        row.id = id;
-    }
+    crate::record_id!();
 
     /// Not audited: never called.
-    fn repr<'a>(_tx: &'a mut Tx, row: &'a PreferenceRow) -> Fut<'a, String> {
-        Box::pin(async move { Ok(format!("Preference #{}", row.id)) })
+    async fn repr(_tx: &mut Tx, row: &PreferenceRow) -> Result<String, ApiError> {
+        Ok(format!("Preference #{}", row.id))
     }
 
-    fn validate<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        body: &'a Body,
+    async fn validate(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
         _partial: bool,
-        current: Option<&'a PreferenceRow>,
-    ) -> Fut<'a, (PreferenceRow, ())> {
-        Box::pin(async move { Ok((validate(db, caller, body, current).await?, ())) })
+        current: Option<&PreferenceRow>,
+    ) -> Result<(PreferenceRow, ()), ApiError> {
+        Ok((validate(db, caller, body, current).await?, ()))
     }
 
-    fn represent<'a>(db: &'a Db, rows: &'a [PreferenceRow]) -> Fut<'a, Vec<Preference>> {
-        Box::pin(represent(db, rows))
+    async fn represent(
+        db: &Db,
+        _tz: Tz,
+        rows: &[PreferenceRow],
+    ) -> Result<Vec<Preference>, ApiError> {
+        represent(db, rows).await
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {
@@ -301,13 +300,11 @@ impl Resource for Preferences {
     }
 
     /// The owner or staff (403).
-    fn check_record<'a>(_db: &'a Db, caller: &'a Caller, row: &'a PreferenceRow) -> Fut<'a, ()> {
-        Box::pin(async move {
-            if !caller.is_staff() && row.user_id != caller.id() {
-                return Err(ApiError::forbidden());
-            }
-            Ok(())
-        })
+    async fn check_record(_db: &Db, caller: &Caller, row: &PreferenceRow) -> Result<(), ApiError> {
+        if !caller.is_staff() && row.user_id != caller.id() {
+            return Err(ApiError::forbidden());
+        }
+        Ok(())
     }
 
     /// A concurrent creation for the same user surfaces as the same field error.

@@ -9,10 +9,11 @@ use crate::web::ApiError;
 use crate::web::api::body::Body;
 use crate::web::api::fields::{Text, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{self, Docs, Field, Fut, Policy, Resource, Val, Who};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
 use crate::web::api::users::{AuditLogSummaryDoc, TeamSummaryDoc};
 use crate::web::api::{Caller, summaries};
 use chrono::NaiveDate;
+use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::SelectStatement;
 use serde::Serialize;
@@ -102,11 +103,11 @@ pub const SELECT_BY_TEAM_SQLITE: &str = "SELECT id, title, agency, pi, printf('%
      WHERE team_id = $1 ORDER BY id";
 
 /// Representations of a page: teams and history in two queries whatever the page size.
-pub async fn represent(db: &Db, rows: &[GrantRow]) -> Result<Vec<Grant>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, rows: &[GrantRow]) -> Result<Vec<Grant>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|g| g.id).collect();
     let team_ids: Vec<i64> = rows.iter().map(|g| g.team_id).collect();
     let teams = summaries::teams_by_id(db, &team_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
         .map(|g| Grant {
@@ -254,46 +255,40 @@ impl Resource for Grants {
         ),
     };
 
-    fn id(row: &GrantRow) -> i64 {
-        row.id
+    crate::record_id!();
+
+    async fn repr(_tx: &mut Tx, row: &GrantRow) -> Result<String, ApiError> {
+        Ok(repr(row))
     }
 
-    fn set_id(row: &mut GrantRow, id: i64) {
-        row.id = id;
-    }
-
-    fn repr<'a>(_tx: &'a mut Tx, row: &'a GrantRow) -> Fut<'a, String> {
-        Box::pin(async move { Ok(repr(row)) })
-    }
-
-    fn validate<'a>(
-        db: &'a Db,
-        _caller: &'a Caller,
-        body: &'a Body,
+    async fn validate(
+        db: &Db,
+        _caller: &Caller,
+        body: &Body,
         partial: bool,
-        current: Option<&'a GrantRow>,
-    ) -> Fut<'a, (GrantRow, ())> {
-        Box::pin(async move { Ok((validate(db, body, partial, current).await?, ())) })
+        current: Option<&GrantRow>,
+    ) -> Result<(GrantRow, ()), ApiError> {
+        Ok((validate(db, body, partial, current).await?, ()))
     }
 
-    fn represent<'a>(db: &'a Db, rows: &'a [GrantRow]) -> Fut<'a, Vec<Grant>> {
-        Box::pin(represent(db, rows))
+    async fn represent(db: &Db, tz: Tz, rows: &[GrantRow]) -> Result<Vec<Grant>, ApiError> {
+        represent(db, tz, rows).await
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {
         team_scope(q, caller)
     }
 
-    fn check_body<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        body: &'a Body,
+    async fn check_body(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
         _action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(check_body_team(db, caller, body))
+    ) -> Result<(), ApiError> {
+        check_body_team(db, caller, body).await
     }
 
-    fn check_record<'a>(db: &'a Db, caller: &'a Caller, row: &'a GrantRow) -> Fut<'a, ()> {
-        Box::pin(check_record_team(db, caller, row.team_id))
+    async fn check_record(db: &Db, caller: &Caller, row: &GrantRow) -> Result<(), ApiError> {
+        check_record_team(db, caller, row.team_id).await
     }
 }

@@ -9,10 +9,11 @@ use crate::web::ApiError;
 use crate::web::api::body::Body;
 use crate::web::api::fields::{Text, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{self, Docs, Field, Fut, Policy, Resource, Val, Who};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
 use crate::web::api::users::{AuditLogSummaryDoc, TeamSummaryDoc};
 use crate::web::api::{Caller, summaries};
 use chrono::NaiveDate;
+use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::SelectStatement;
 use serde::Serialize;
@@ -95,11 +96,15 @@ fn date_text(d: &Option<NaiveDate>) -> Option<String> {
 }
 
 /// Representations of a page: teams and history in two queries whatever the page size.
-pub async fn represent(db: &Db, rows: &[PublicationRow]) -> Result<Vec<Publication>, ApiError> {
+pub async fn represent(
+    db: &Db,
+    tz: Tz,
+    rows: &[PublicationRow],
+) -> Result<Vec<Publication>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
     let team_ids: Vec<i64> = rows.iter().map(|p| p.team_id).collect();
     let teams = summaries::teams_by_id(db, &team_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, CONTENT_TYPE, &ids).await?;
+    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
         .map(|p| Publication {
@@ -256,47 +261,45 @@ impl Resource for Publications {
         ),
     };
 
-    fn id(row: &PublicationRow) -> i64 {
-        row.id
+    crate::record_id!();
+
+    async fn repr(_tx: &mut Tx, row: &PublicationRow) -> Result<String, ApiError> {
+        Ok(repr(row))
     }
 
-    fn set_id(row: &mut PublicationRow, id: i64) {
-        row.id = id;
-    }
-
-    fn repr<'a>(_tx: &'a mut Tx, row: &'a PublicationRow) -> Fut<'a, String> {
-        Box::pin(async move { Ok(repr(row)) })
-    }
-
-    fn validate<'a>(
-        db: &'a Db,
-        _caller: &'a Caller,
-        body: &'a Body,
+    async fn validate(
+        db: &Db,
+        _caller: &Caller,
+        body: &Body,
         partial: bool,
-        current: Option<&'a PublicationRow>,
-    ) -> Fut<'a, (PublicationRow, ())> {
-        Box::pin(async move { Ok((validate(db, body, partial, current).await?, ())) })
+        current: Option<&PublicationRow>,
+    ) -> Result<(PublicationRow, ()), ApiError> {
+        Ok((validate(db, body, partial, current).await?, ()))
     }
 
-    fn represent<'a>(db: &'a Db, rows: &'a [PublicationRow]) -> Fut<'a, Vec<Publication>> {
-        Box::pin(represent(db, rows))
+    async fn represent(
+        db: &Db,
+        tz: Tz,
+        rows: &[PublicationRow],
+    ) -> Result<Vec<Publication>, ApiError> {
+        represent(db, tz, rows).await
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {
         team_scope(q, caller)
     }
 
-    fn check_body<'a>(
-        db: &'a Db,
-        caller: &'a Caller,
-        body: &'a Body,
+    async fn check_body(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
         _action: Action,
-    ) -> Fut<'a, ()> {
-        Box::pin(check_body_team(db, caller, body))
+    ) -> Result<(), ApiError> {
+        check_body_team(db, caller, body).await
     }
 
-    fn check_record<'a>(db: &'a Db, caller: &'a Caller, row: &'a PublicationRow) -> Fut<'a, ()> {
-        Box::pin(check_record_team(db, caller, row.team_id))
+    async fn check_record(db: &Db, caller: &Caller, row: &PublicationRow) -> Result<(), ApiError> {
+        check_record_team(db, caller, row.team_id).await
     }
 
     /// A concurrent write of the same DOI surfaces as the same field error.
