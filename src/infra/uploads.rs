@@ -142,6 +142,42 @@ pub fn read_stored(path: &Path) -> io::Result<Vec<u8>> {
     Ok(content)
 }
 
+/// Removes stored files (values of `file`); anything not directly inside
+/// `<upload.dir>/allocations/` is left alone. Failures are logged, never returned. Inside a
+/// batch the removal waits for the batch to commit (a rolled-back batch keeps them).
+pub async fn remove_files(db: &crate::store::Db, config: &crate::config::Config, files: &[String]) {
+    if db.defer_removal(files) {
+        return;
+    }
+    remove_stored(config, files).await;
+}
+
+/// Removes stored files now, whatever transaction is open.
+pub async fn remove_stored(config: &crate::config::Config, files: &[String]) {
+    let files = files.to_vec();
+    let root = config.upload_dir();
+    let _ = tokio::task::spawn_blocking(move || {
+        let storage = match UploadDir::open(&root, false) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot remove attachment files: {e}");
+                return;
+            }
+        };
+        for file in files {
+            match storage.resolve(&file) {
+                Some(path) => {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!("cannot remove attachment file {}: {e}", path.display());
+                    }
+                }
+                None => tracing::debug!("attachment file {file:?} is not stored here"),
+            }
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub mod audit;
 pub mod retention;
 pub mod task_results;
+pub mod teams;
 pub mod users;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");

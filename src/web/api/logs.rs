@@ -428,7 +428,7 @@ async fn staff_item<R: LogView>(
 #[salvo(schema(name = "RequestLog"))]
 pub struct RequestLogDoc {
     pub id: i64,
-    pub _user: Option<super::users::UserSummaryDoc>,
+    pub _user: Option<super::summaries::UserSummaryDoc>,
     pub method: String,
     pub endpoint: String,
     pub response_code: i32,
@@ -460,7 +460,7 @@ pub struct AuditLogDoc {
     pub remote_port: Option<i32>,
     pub timestamp: String,
     pub actor: Option<i64>,
-    pub _actor: Option<super::users::UserSummaryDoc>,
+    pub _actor: Option<super::summaries::UserSummaryDoc>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -506,7 +506,7 @@ pub struct TaskResultPage {
 #[salvo(schema(name = "FeedEntry"))]
 pub struct FeedEntryDoc {
     pub id: String,
-    pub _user: Option<super::users::UserSummaryDoc>,
+    pub _user: Option<super::summaries::UserSummaryDoc>,
     pub record_id: i64,
     pub record_type: String,
     pub timestamp: String,

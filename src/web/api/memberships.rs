@@ -7,7 +7,7 @@ use super::fields::Validator;
 use super::list::{Column, Kind, ListSpec, search_via};
 use super::resource::{self, Docs, Field, Policy, Resource, Val, Who};
 use super::summaries::{self, MembershipRow, user_summary};
-use super::users::{AuditLogSummaryDoc, TeamSummaryDoc, UserSummaryDoc};
+use super::summaries::{AuditLogSummaryDoc, TeamSummaryDoc, UserSummaryDoc};
 use crate::store::audit::Action;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
@@ -134,7 +134,7 @@ async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<(), Ap
         ));
     };
     if team_active(db, team_id).await?.is_some()
-        && !super::teams::is_privileged(db, me.id, team_id).await?
+        && !crate::store::teams::is_privileged(db, me.id, team_id).await?
     {
         return Err(ApiError::forbidden());
     }
@@ -171,7 +171,7 @@ async fn check_write(
     if !team_active(db, m.team_id).await?.unwrap_or(false) {
         return Err(ApiError::forbidden());
     }
-    if super::teams::is_privileged(db, me.id, m.team_id).await? {
+    if crate::store::teams::is_privileged(db, me.id, m.team_id).await? {
         Ok(())
     } else {
         Err(ApiError::forbidden())

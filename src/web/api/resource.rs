@@ -619,7 +619,7 @@ async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<()
     }
     tx.commit().await?;
     if !files.is_empty() {
-        crate::web::api::allocations::attachments::remove_files(&app.db, &app.config, &files).await;
+        crate::infra::uploads::remove_files(&app.db, &app.config, &files).await;
     }
     Ok(())
 }

@@ -5,7 +5,9 @@ use crate::store::users::User;
 use crate::store::{Db, DbError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
+use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -28,6 +30,43 @@ pub fn render_opt_datetime(dt: &Option<DateTime<Utc>>, tz: Tz) -> Value {
     dt.as_ref()
         .map(|d| Value::String(render_datetime(d, tz)))
         .unwrap_or(Value::Null)
+}
+
+// The nested summaries as the OpenAPI document names them (the `_x` fields of every
+// representation that embeds them).
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "TeamSummary"))]
+pub struct TeamSummaryDoc {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+    pub is_active: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "UserSummary"))]
+pub struct UserSummaryDoc {
+    pub id: i64,
+    pub username: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub display_name: String,
+    pub abbreviation: String,
+    pub email: Option<String>,
+    pub department: Option<String>,
+    pub role: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "AuditLogSummary"))]
+pub struct AuditLogSummaryDoc {
+    pub id: i64,
+    pub timestamp: String,
+    pub action: String,
+    pub actor: Option<i64>,
+    pub _actor: Option<UserSummaryDoc>,
+    pub changes: Option<serde_json::Map<String, Value>>,
 }
 
 fn non_empty(s: &Option<String>) -> Option<&str> {

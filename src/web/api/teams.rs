@@ -7,8 +7,8 @@ use super::fields::{Text, Validator};
 use super::list::{Column, Kind, ListSpec, search};
 use super::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
 use super::summaries::{self, TeamRow, user_summary};
-use super::users::{AuditLogSummaryDoc, UserSummaryDoc};
-use crate::domain::policy::{self, Role};
+use super::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
+use crate::domain::policy;
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
@@ -138,26 +138,6 @@ pub async fn represent(db: &Db, tz: Tz, teams: &[TeamRow]) -> Result<Vec<Team>, 
             }
         })
         .collect())
-}
-
-/// The caller's role in a team, if any.
-pub async fn role_in(db: &Db, user_id: i64, team_id: i64) -> Result<Option<String>, ApiError> {
-    Ok(on_db!(db, |p| sqlx::query_scalar::<_, String>(
-        "SELECT role FROM users_membership WHERE user_id = $1 AND team_id = $2"
-    )
-    .bind(user_id)
-    .bind(team_id)
-    .fetch_optional(p)
-    .await)?)
-}
-
-/// Admin or owner of the team.
-pub async fn is_privileged(db: &Db, user_id: i64, team_id: i64) -> Result<bool, ApiError> {
-    Ok(role_in(db, user_id, team_id)
-        .await?
-        .as_deref()
-        .and_then(Role::from_code)
-        .is_some_and(Role::is_privileged))
 }
 
 pub fn repr(t: &TeamRow) -> String {
@@ -357,7 +337,9 @@ impl Resource for Teams {
         row: &TeamRow,
         _action: Action,
     ) -> Result<(), ApiError> {
-        if !caller.is_staff() && !is_privileged(db, caller.id(), row.id).await? {
+        if !caller.is_staff()
+            && !crate::store::teams::is_privileged(db, caller.id(), row.id).await?
+        {
             return Err(ApiError::forbidden());
         }
         Ok(())

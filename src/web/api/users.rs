@@ -3,7 +3,9 @@
 
 use super::fields::{Text, Validator};
 use super::list::{self as listing, Column, Kind, ListSpec, search};
-use super::summaries::{self, render_datetime, render_opt_datetime, team_summary};
+use super::summaries::{
+    self, AuditLogSummaryDoc, TeamSummaryDoc, render_datetime, render_opt_datetime, team_summary,
+};
 use super::{Caller, Via, body, context, path_id};
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::users::{USER_COLUMNS, User};
@@ -58,40 +60,6 @@ pub struct TeamRole {
     pub team: i64,
     pub role: String,
     pub _team: TeamSummaryDoc,
-}
-
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "TeamSummary"))]
-pub struct TeamSummaryDoc {
-    pub id: i64,
-    pub slug: String,
-    pub name: String,
-    pub is_active: bool,
-}
-
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "UserSummary"))]
-pub struct UserSummaryDoc {
-    pub id: i64,
-    pub username: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub display_name: String,
-    pub abbreviation: String,
-    pub email: Option<String>,
-    pub department: Option<String>,
-    pub role: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "AuditLogSummary"))]
-pub struct AuditLogSummaryDoc {
-    pub id: i64,
-    pub timestamp: String,
-    pub action: String,
-    pub actor: Option<i64>,
-    pub _actor: Option<UserSummaryDoc>,
-    pub changes: Option<serde_json::Map<String, Value>>,
 }
 
 /// The user representation (same keys for every caller).

@@ -10,7 +10,7 @@
 //! is answered with the usual 301 to the slashed one).
 
 use crate::config::Config;
-use crate::infra::uploads::{SUBDIR, UploadDir, read_stored};
+use crate::infra::uploads::{SUBDIR, UploadDir, read_stored, remove_files};
 use crate::store::audit::{self, Action, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
@@ -98,7 +98,7 @@ pub struct AttachmentDoc {
     pub file: String,
     pub name: String,
     pub _request: super::requests::AllocationRequestSummaryDoc,
-    pub _history: Vec<crate::web::api::users::AuditLogSummaryDoc>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub uploaded: String,
     pub request: i64,
 }
@@ -193,7 +193,7 @@ pub async fn request_team(db: &Db, request_id: i64) -> Result<Option<i64>, ApiEr
 pub async fn is_member_or_staff(db: &Db, caller: &Caller, team_id: i64) -> Result<bool, ApiError> {
     let me = &caller.user;
     Ok(me.is_staff
-        || crate::web::api::teams::role_in(db, me.id, team_id)
+        || crate::store::teams::role_in(db, me.id, team_id)
             .await?
             .is_some())
 }
@@ -538,7 +538,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             let Some(r) = body_request(&app.db, &body).await? else {
                 return Err(ApiError::forbidden());
             };
-            if !crate::web::api::teams::is_privileged(&app.db, me.id, r.team_id).await? {
+            if !crate::store::teams::is_privileged(&app.db, me.id, r.team_id).await? {
                 return Err(ApiError::forbidden());
             }
         }
@@ -861,42 +861,6 @@ pub async fn stored_files(tx: &mut Tx, request_ids: &[i64]) -> Result<Vec<String
             .await?
     });
     Ok(files)
-}
-
-/// Removes stored files (values of `file`); anything not directly inside
-/// `<upload.dir>/allocations/` is left alone. Failures are logged, never returned. Inside a
-/// batch the removal waits for the batch to commit (a rolled-back batch keeps them).
-pub async fn remove_files(db: &Db, config: &Config, files: &[String]) {
-    if db.defer_removal(files) {
-        return;
-    }
-    remove_stored(config, files).await;
-}
-
-/// Removes stored files now, whatever transaction is open.
-pub async fn remove_stored(config: &Config, files: &[String]) {
-    let files = files.to_vec();
-    let root = config.upload_dir();
-    let _ = tokio::task::spawn_blocking(move || {
-        let storage = match UploadDir::open(&root, false) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot remove attachment files: {e}");
-                return;
-            }
-        };
-        for file in files {
-            match storage.resolve(&file) {
-                Some(path) => {
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!("cannot remove attachment file {}: {e}", path.display());
-                    }
-                }
-                None => tracing::debug!("attachment file {file:?} is not stored here"),
-            }
-        }
-    })
-    .await;
 }
 
 /// Removes a file once no attachment row refers to it any more.

@@ -10,7 +10,7 @@ use crate::web::api::fields::{Text, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries;
-use crate::web::api::users::{AuditLogSummaryDoc, TeamSummaryDoc};
+use crate::web::api::summaries::{AuditLogSummaryDoc, TeamSummaryDoc};
 use crate::web::api::{Caller, body};
 use crate::{on_db, on_tx};
 use chrono_tz::Tz;

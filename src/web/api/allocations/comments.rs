@@ -77,9 +77,9 @@ pub struct CommentRow {
 pub struct CommentDoc {
     pub id: i64,
     pub user: i64,
-    pub _user: crate::web::api::users::UserSummaryDoc,
+    pub _user: crate::web::api::summaries::UserSummaryDoc,
     pub _request: super::requests::AllocationRequestSummaryDoc,
-    pub _history: Vec<crate::web::api::users::AuditLogSummaryDoc>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     #[salvo(schema(max_length = 2000))]
     pub content: String,
     pub created: String,

@@ -113,7 +113,7 @@ pub struct CommentSummaryDoc {
     pub content: String,
     pub created: String,
     pub private: bool,
-    pub _user: crate::web::api::users::UserSummaryDoc,
+    pub _user: crate::web::api::summaries::UserSummaryDoc,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -159,12 +159,12 @@ pub struct PublicationSummaryDoc {
 #[salvo(schema(name = "AllocationRequest"))]
 pub struct AllocationRequestDoc {
     pub id: i64,
-    pub _submitter: crate::web::api::users::UserSummaryDoc,
-    pub _team: crate::web::api::users::TeamSummaryDoc,
-    pub _assignees: Vec<crate::web::api::users::UserSummaryDoc>,
+    pub _submitter: crate::web::api::summaries::UserSummaryDoc,
+    pub _team: crate::web::api::summaries::TeamSummaryDoc,
+    pub _assignees: Vec<crate::web::api::summaries::UserSummaryDoc>,
     pub _publications: Vec<PublicationSummaryDoc>,
     pub _grants: Vec<GrantSummaryDoc>,
-    pub _history: Vec<crate::web::api::users::AuditLogSummaryDoc>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub _allocations: Vec<ResourceAllocationSummaryDoc>,
     pub _attachments: Vec<AttachmentSummaryDoc>,
     pub _comments: Vec<CommentSummaryDoc>,
@@ -354,7 +354,7 @@ pub async fn summaries_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>
 
 /// Whether the user holds any membership in the team.
 pub async fn is_member(db: &Db, user_id: i64, team_id: i64) -> Result<bool, ApiError> {
-    Ok(crate::web::api::teams::role_in(db, user_id, team_id)
+    Ok(crate::store::teams::role_in(db, user_id, team_id)
         .await?
         .is_some())
 }
@@ -1073,7 +1073,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             let team = body.get("team").and_then(|t| pk_value(t).ok());
             let allowed = match team {
                 Some(t) => {
-                    crate::web::api::teams::is_privileged(&app.db, me.id, t).await?
+                    crate::store::teams::is_privileged(&app.db, me.id, t).await?
                         && files_as_pending(&body)
                         && links_stay_in_team(&app.db, &body, t).await?
                 }
@@ -1230,7 +1230,7 @@ pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         .await
         .map(|_| ()))?;
         tx.commit().await?;
-        super::attachments::remove_files(&app.db, &app.config, &files).await;
+        crate::infra::uploads::remove_files(&app.db, &app.config, &files).await;
         Ok(())
     }
     .await;

@@ -62,7 +62,7 @@ pub struct ResourceAllocationDoc {
     pub id: i64,
     pub _cluster: clusters::ClusterSummaryDoc,
     pub _request: requests::AllocationRequestSummaryDoc,
-    pub _history: Vec<crate::web::api::users::AuditLogSummaryDoc>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     #[salvo(schema(minimum = 0, maximum = 2147483647))]
     pub requested: i64,
     #[salvo(schema(minimum = 0, maximum = 2147483647, required))]
@@ -429,7 +429,7 @@ async fn may_create(db: &Db, user_id: i64, body: &body::Body) -> Result<bool, Ap
     let Some(request) = requests::by_id(db, request_id).await? else {
         return Ok(false);
     };
-    if !crate::web::api::teams::is_privileged(db, user_id, request.team_id).await? {
+    if !crate::store::teams::is_privileged(db, user_id, request.team_id).await? {
         return Ok(false);
     }
     let Some(cluster) = clusters::by_id(db, cluster_id).await? else {

@@ -52,8 +52,8 @@ const ROW_COLUMNS: [&str; 5] = ["id", "status", "submitted", "request_id", "revi
 pub struct AllocationReviewDoc {
     pub id: i64,
     pub _request: requests::AllocationRequestSummaryDoc,
-    pub _reviewer: crate::web::api::users::UserSummaryDoc,
-    pub _history: Vec<crate::web::api::users::AuditLogSummaryDoc>,
+    pub _reviewer: crate::web::api::summaries::UserSummaryDoc,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     /// * `AP` - Approved
     /// * `DC` - Declined
     /// * `CR` - Changes Requested

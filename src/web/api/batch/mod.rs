@@ -208,8 +208,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         }
         match db.finish(keep).await {
             Ok(orphans) => {
-                crate::web::api::allocations::attachments::remove_stored(&app.config, &orphans)
-                    .await;
+                crate::infra::uploads::remove_stored(&app.config, &orphans).await;
                 Ok(())
             }
             Err(e) => Err(e),

@@ -41,7 +41,9 @@ pub fn team_scope(q: &mut SelectStatement, caller: &Caller) {
 
 /// Whether `user_id` holds any membership in `team_id`.
 pub async fn is_member(db: &Db, user_id: i64, team_id: i64) -> Result<bool, ApiError> {
-    Ok(super::teams::role_in(db, user_id, team_id).await?.is_some())
+    Ok(crate::store::teams::role_in(db, user_id, team_id)
+        .await?
+        .is_some())
 }
 
 pub async fn team_exists(db: &Db, team_id: i64) -> Result<bool, ApiError> {

@@ -10,7 +10,7 @@ use crate::web::api::body::Body;
 use crate::web::api::fields::{Text, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
-use crate::web::api::users::{AuditLogSummaryDoc, TeamSummaryDoc};
+use crate::web::api::summaries::{AuditLogSummaryDoc, TeamSummaryDoc};
 use crate::web::api::{Caller, summaries};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
