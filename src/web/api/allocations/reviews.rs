@@ -2,34 +2,45 @@
 //! write them; members of the request's team read them. Reviews have no side effects on the
 //! request.
 
-use super::requests::{self, invalid_pk};
-use crate::store::Db;
-use crate::store::audit::{self, Action, Snapshot};
+use super::requests::{self, AllocationRequestSummaryDoc, invalid_pk};
+use crate::on_tx;
+use crate::store::audit::{Action, Snapshot};
+use crate::store::{Db, Tx};
 use crate::web::ApiError;
+use crate::web::api::Caller;
+use crate::web::api::body::Body;
 use crate::web::api::fields::Validator;
-use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search_via};
+use crate::web::api::list::{Column, Kind, ListSpec, search_via};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
 use crate::web::api::summaries::{self, render_datetime};
-use crate::web::api::{Caller, body, context, path_id};
-use crate::{on_db, on_tx};
+use crate::web::api::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use salvo::http::StatusCode;
-use salvo::oapi::ToSchema;
-use salvo::prelude::*;
+use salvo::oapi::{Components, RefOr, Schema, ToSchema};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "allocations | AllocationReview";
 const MODEL: &str = "AllocationReview";
 pub const STATUSES: &[&str] = &["AP", "DC", "CR"];
 
-const COLUMNS: &[Column] = &[
-    Column::new("id", Kind::Int),
-    Column::new("status", Kind::Choice(STATUSES)),
-    Column::new("submitted", Kind::DateTime),
-    Column::new("request", Kind::Fk(requests::TABLE)),
-    Column::new("reviewer", Kind::Fk("users_user")),
+const FIELDS: [Field<ReviewRow>; 5] = [
+    Field::id(|r| Val::Int(r.id)),
+    Field::new("status", Kind::Choice(STATUSES), |r| {
+        Val::Text(r.status.clone())
+    }),
+    Field::new("submitted", Kind::DateTime, |r: &ReviewRow| {
+        Val::DateTime(r.submitted)
+    })
+    .write(Write::Create),
+    Field::new("request", Kind::Fk(requests::TABLE), |r| {
+        Val::Int(r.request_id)
+    }),
+    Field::new("reviewer", Kind::Fk("users_user"), |r| {
+        Val::Int(r.reviewer_id)
+    }),
 ];
+const COLUMNS: &[Column] = &resource::columns(&FIELDS);
 
 pub const SPEC: ListSpec = ListSpec {
     table: "allocations_allocationreview",
@@ -45,15 +56,18 @@ pub const SPEC: ListSpec = ListSpec {
     ],
 };
 
-const ROW_COLUMNS: [&str; 5] = ["id", "status", "submitted", "request_id", "reviewer_id"];
-
+// A review as the API renders and documents it (a doc comment here would become the
+// schema's description).
 #[derive(Serialize, ToSchema)]
 #[salvo(schema(name = "AllocationReview"))]
-pub struct AllocationReviewDoc {
+pub struct AllocationReview {
     pub id: i64,
-    pub _request: requests::AllocationRequestSummaryDoc,
-    pub _reviewer: crate::web::api::summaries::UserSummaryDoc,
-    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
+    #[salvo(schema(value_type = AllocationRequestSummaryDoc))]
+    pub _request: Value,
+    #[salvo(schema(value_type = UserSummaryDoc))]
+    pub _reviewer: Value,
+    #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
+    pub _history: Vec<Value>,
     /// * `AP` - Approved
     /// * `DC` - Declined
     /// * `CR` - Changes Requested
@@ -89,15 +103,6 @@ pub struct PatchedAllocationReviewRequestDoc {
     pub reviewer: i64,
 }
 
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PaginatedAllocationReviewList"))]
-pub struct AllocationReviewPage {
-    pub count: i64,
-    pub next: Option<String>,
-    pub previous: Option<String>,
-    pub results: Vec<AllocationReviewDoc>,
-}
-
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ReviewRow {
     pub id: i64,
@@ -107,126 +112,52 @@ pub struct ReviewRow {
     pub reviewer_id: i64,
 }
 
-fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
-    requests::scope_via_request(q, caller, "request_id");
-}
-
 /// Representations of a page of reviews: requests, reviewers and history in a constant
 /// number of queries.
-pub async fn represent(db: &Db, tz: Tz, rows: &[ReviewRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(
+    db: &Db,
+    tz: Tz,
+    rows: &[ReviewRow],
+) -> Result<Vec<AllocationReview>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let request_ids: Vec<i64> = rows.iter().map(|r| r.request_id).collect();
     let reviewer_ids: Vec<i64> = rows.iter().map(|r| r.reviewer_id).collect();
     let reqs = requests::summaries_by_id(db, &request_ids).await?;
     let users = summaries::users_by_id(db, &reviewer_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+    let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "_request": reqs.get(&r.request_id).cloned().unwrap_or(Value::Null),
-                "_reviewer": users.get(&r.reviewer_id).cloned().unwrap_or(Value::Null),
-                "_history": history.remove(&r.id).unwrap_or_default(),
-                "status": r.status,
-                "submitted": render_datetime(&r.submitted, tz),
-                "request": r.request_id,
-                "reviewer": r.reviewer_id,
-            })
+        .map(|r| AllocationReview {
+            id: r.id,
+            _request: reqs.get(&r.request_id).cloned().unwrap_or(Value::Null),
+            _reviewer: users.get(&r.reviewer_id).cloned().unwrap_or(Value::Null),
+            _history: history.remove(&r.id).unwrap_or_default(),
+            status: r.status.clone(),
+            submitted: render_datetime(&r.submitted, tz),
+            request: r.request_id,
+            reviewer: r.reviewer_id,
         })
         .collect())
 }
 
-async fn represent_one(db: &Db, tz: Tz, r: &ReviewRow) -> Result<Value, ApiError> {
-    Ok(represent(db, tz, std::slice::from_ref(r))
-        .await?
-        .pop()
-        .unwrap_or(Value::Null))
-}
-
-/// List allocation reviews.
-///
-/// Returns a list of allocation reviews. Non-staff users are only returned reviews belonging
-/// to teams where they hold membership. Staff users are returned all reviews.
-#[endpoint(
-    operation_id = "allocations_reviews_list",
-    tags("Allocations - Reviews"),
-    responses((status_code = 200, description = "", body = AllocationReviewPage))
-)]
-pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let scope = |q: &mut sea_query::SelectStatement| scope(q, &caller);
-        let (rows, page) = listing::page::<ReviewRow>(
-            req,
-            &app.db,
-            app.config.timezone(),
-            &SPEC,
-            &ROW_COLUMNS,
-            &scope,
-        )
-        .await?;
-        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-async fn found(db: &Db, id: i64) -> Result<ReviewRow, ApiError> {
-    let row: Option<ReviewRow> = on_db!(db, |p| sqlx::query_as::<_, ReviewRow>(
-        "SELECT id, status, submitted, request_id, reviewer_id \
-         FROM allocations_allocationreview WHERE id = $1"
-    )
-    .bind(id)
-    .fetch_optional(p)
-    .await)?;
-    row.ok_or_else(|| ApiError::no_match(MODEL))
-}
-
-/// The team of a request (None when the request is gone).
-async fn team_of_request(db: &Db, request_id: i64) -> Result<Option<i64>, ApiError> {
-    Ok(requests::by_id(db, request_id).await?.map(|r| r.team_id))
-}
-
-/// Retrieve an allocation review.
-///
-/// Returns a single allocation review by ID. Read access is granted to staff users and team
-/// members.
-#[endpoint(
-    operation_id = "allocations_reviews_retrieve",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this allocation review.")),
-    tags("Allocations - Reviews"),
-    responses((status_code = 200, description = "", body = AllocationReviewDoc))
-)]
-pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let me = &caller.user;
-        let r = found(&app.db, path_id(req)?).await?;
-        if !me.is_staff {
-            let team = team_of_request(&app.db, r.request_id).await?;
-            let member = match team {
-                Some(t) => requests::is_member(&app.db, me.id, t).await?,
-                None => false,
-            };
-            if !member {
-                return Err(ApiError::forbidden());
-            }
+/// Read access: staff, or a member of the request's team (403).
+async fn check_member(db: &Db, caller: &Caller, r: &ReviewRow) -> Result<(), ApiError> {
+    let me = &caller.user;
+    if !me.is_staff {
+        let team = requests::by_id(db, r.request_id).await?.map(|r| r.team_id);
+        let member = match team {
+            Some(t) => requests::is_member(db, me.id, t).await?,
+            None => false,
+        };
+        if !member {
+            return Err(ApiError::forbidden());
         }
-        represent_one(&app.db, app.config.timezone(), &r).await
     }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
+    Ok(())
 }
 
 pub fn snapshot(r: &ReviewRow) -> Snapshot {
-    vec![
-        ("id", audit::int(r.id)),
-        ("status", Some(r.status.clone())),
-        ("submitted", audit::datetime(&r.submitted)),
-        ("request", audit::int(r.request_id)),
-        ("reviewer", audit::int(r.reviewer_id)),
-    ]
+    Reviews::snapshot(r)
 }
 
 /// `Allocation Review #<pk> - <reviewer username> review of request #<request id>`.
@@ -237,12 +168,12 @@ pub fn repr_with(r: &ReviewRow, reviewer_username: &str) -> String {
     )
 }
 
-async fn repr(db: &Db, r: &ReviewRow) -> Result<String, ApiError> {
-    let username: Option<String> = on_db!(db, |p| sqlx::query_scalar(
+async fn repr(tx: &mut Tx, r: &ReviewRow) -> Result<String, ApiError> {
+    let username: Option<String> = on_tx!(tx, |c| sqlx::query_scalar(
         "SELECT username FROM users_user WHERE id = $1"
     )
     .bind(r.reviewer_id)
-    .fetch_optional(p)
+    .fetch_optional(c)
     .await)?;
     Ok(repr_with(r, &username.unwrap_or_default()))
 }
@@ -251,7 +182,7 @@ async fn repr(db: &Db, r: &ReviewRow) -> Result<String, ApiError> {
 async fn validate(
     db: &Db,
     caller_id: i64,
-    body: &body::Body,
+    body: &Body,
     partial: bool,
     current: Option<&ReviewRow>,
 ) -> Result<ReviewRow, ApiError> {
@@ -295,184 +226,123 @@ async fn validate(
     })
 }
 
-fn staff_only(caller: &Caller) -> Result<i64, ApiError> {
-    let me = &caller.user;
-    if me.is_staff {
-        Ok(me.id)
-    } else {
-        Err(ApiError::forbidden())
+/// The review resource.
+pub struct Reviews;
+
+crate::document_resource!(Reviews);
+
+impl Resource for Reviews {
+    type Row = ReviewRow;
+    type Repr = AllocationReview;
+    type Extra = ();
+
+    const PATH: &'static str = "allocations/reviews/";
+    const TABLE: &'static str = "allocations_allocationreview";
+    const CONTENT_TYPE: &'static str = CONTENT_TYPE;
+    const MODEL: &'static str = MODEL;
+    const FIELDS: &'static [Field<ReviewRow>] = &FIELDS;
+    const SPEC: ListSpec = SPEC;
+    /// Staff write. Create is gated up front; item writes look the record up first (404)
+    /// and refuse non-staff in `check_write` (403).
+    const POLICY: Policy = Policy {
+        create: Who::Staff,
+        change: Who::Anyone,
+        delete: Who::Anyone,
+        body_first: false,
+    };
+    const DOCS: Docs = Docs {
+        tag: "Allocations - Reviews",
+        id: "A unique integer value identifying this allocation review.",
+        list_name: "Allocation Review List",
+        item_name: "Allocation Review Instance",
+        list: (
+            "List allocation reviews.",
+            "Returns a list of allocation reviews. Non-staff users are only returned reviews \
+             belonging to teams where they hold membership. Staff users are returned all \
+             reviews.",
+        ),
+        retrieve: (
+            "Retrieve an allocation review.",
+            "Returns a single allocation review by ID. Read access is granted to staff users \
+             and team members.",
+        ),
+        create: (
+            "Create an allocation review.",
+            "Creates a new allocation review. Write access is restricted to staff users. The \
+             `reviewer` field defaults to the authenticated user if not specified.",
+        ),
+        update: (
+            "Update an allocation review.",
+            "Replaces an existing allocation review with new values. Write access is \
+             restricted to staff users.",
+        ),
+        partial_update: (
+            "Partially update an allocation review.",
+            "Partially updates an existing allocation review with new values. Write access \
+             is restricted to staff users.",
+        ),
+        destroy: (
+            "Delete an allocation review.",
+            "Deletes a single allocation review by ID. Write access is restricted to staff \
+             users.",
+        ),
+    };
+
+    crate::record_id!();
+
+    async fn repr(tx: &mut Tx, row: &ReviewRow) -> Result<String, ApiError> {
+        repr(tx, row).await
     }
-}
 
-/// Create an allocation review.
-///
-/// Creates a new allocation review. Write access is restricted to staff users. The
-/// `reviewer` field defaults to the authenticated user if not specified.
-#[endpoint(
-    operation_id = "allocations_reviews_create",
-    tags("Allocations - Reviews"),
-    request_body = AllocationReviewRequestDoc,
-    responses((status_code = 201, description = "", body = AllocationReviewDoc))
-)]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let me = staff_only(&caller)?;
-        let body = body::read(req).await?;
-        let mut row = validate(&app.db, me, &body, false, None).await?;
-        let ctx = crate::web::access::audit_context(req, depot);
-        let mut tx = app.db.begin().await?;
-        row.id = on_tx!(&mut tx, |c| {
-            sqlx::query_scalar(
-            "INSERT INTO allocations_allocationreview (status, submitted, request_id, reviewer_id) \
-             VALUES ($1, $2, $3, $4) RETURNING id"
-        )
-        .bind(&row.status)
-        .bind(row.submitted)
-        .bind(row.request_id)
-        .bind(row.reviewer_id)
-        .fetch_one(c)
-        .await
-        })?;
-        let text = repr(&app.db, &row).await?;
-        audit::record(
-            &mut tx,
-            &ctx,
-            CONTENT_TYPE,
-            row.id,
-            &text,
-            Action::Create,
-            audit::changes(None, Some(&snapshot(&row))),
-        )
-        .await?;
-        tx.commit().await?;
-        represent_one(&app.db, app.config.timezone(), &row).await
+    async fn validate(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
+        partial: bool,
+        current: Option<&ReviewRow>,
+    ) -> Result<(ReviewRow, ()), ApiError> {
+        Ok((validate(db, caller.id(), body, partial, current).await?, ()))
     }
-    .await;
-    crate::web::api::respond(res, StatusCode::CREATED, result);
-}
 
-/// A staff-only item: 404 when missing, then 403 for non-staff.
-async fn staff_item(db: &Db, caller: &Caller, id: i64) -> Result<(i64, ReviewRow), ApiError> {
-    let me = &caller.user;
-    let r = found(db, id).await?;
-    if !me.is_staff {
-        return Err(ApiError::forbidden());
+    async fn represent(
+        db: &Db,
+        tz: Tz,
+        rows: &[ReviewRow],
+    ) -> Result<Vec<AllocationReview>, ApiError> {
+        represent(db, tz, rows).await
     }
-    Ok((me.id, r))
-}
 
-async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<Value, ApiError> {
-    let (app, caller) = context(depot)?;
-    let (me, current) = staff_item(&app.db, &caller, path_id(req)?).await?;
-    let body = body::read(req).await?;
-    let after = validate(&app.db, me, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::access::audit_context(req, depot);
-    let text = repr(&app.db, &after).await?;
-    let mut tx = app.db.begin().await?;
-    on_tx!(&mut tx, |c| sqlx::query(
-        "UPDATE allocations_allocationreview SET status = $1, request_id = $2, reviewer_id = $3 \
-         WHERE id = $4"
-    )
-    .bind(&after.status)
-    .bind(after.request_id)
-    .bind(after.reviewer_id)
-    .bind(after.id)
-    .execute(c)
-    .await
-    .map(|_| ()))?;
-    audit::record(
-        &mut tx,
-        &ctx,
-        CONTENT_TYPE,
-        after.id,
-        &text,
-        Action::Update,
-        audit::changes(Some(&snapshot(&current)), Some(&snapshot(&after))),
-    )
-    .await?;
-    tx.commit().await?;
-    represent_one(&app.db, app.config.timezone(), &after).await
-}
-
-/// Update an allocation review.
-///
-/// Replaces an existing allocation review with new values. Write access is restricted to
-/// staff users.
-#[endpoint(
-    operation_id = "allocations_reviews_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this allocation review.")),
-    tags("Allocations - Reviews"),
-    request_body = AllocationReviewRequestDoc,
-    responses((status_code = 200, description = "", body = AllocationReviewDoc))
-)]
-pub async fn put(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, false).await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-/// Partially update an allocation review.
-///
-/// Partially updates an existing allocation review with new values. Write access is
-/// restricted to staff users.
-#[endpoint(
-    operation_id = "allocations_reviews_partial_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this allocation review.")),
-    tags("Allocations - Reviews"),
-    request_body = PatchedAllocationReviewRequestDoc,
-    responses((status_code = 200, description = "", body = AllocationReviewDoc))
-)]
-pub async fn patch(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, true).await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-/// Delete an allocation review.
-///
-/// Deletes a single allocation review by ID. Write access is restricted to staff users.
-#[endpoint(
-    operation_id = "allocations_reviews_destroy",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this allocation review.")),
-    tags("Allocations - Reviews"),
-    responses((status_code = 204, description = "No response body"))
-)]
-pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result: Result<(), ApiError> = async {
-        let (app, caller) = context(depot)?;
-        let (_, r) = staff_item(&app.db, &caller, path_id(req)?).await?;
-        let ctx = crate::web::access::audit_context(req, depot);
-        let text = repr(&app.db, &r).await?;
-        audit::delete_audited(
-            &app.db,
-            &ctx,
-            CONTENT_TYPE,
-            "allocations_allocationreview",
-            r.id,
-            &text,
-            &snapshot(&r),
-        )
-        .await?;
-        Ok(())
+    fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
+        requests::scope_via_request(q, caller, "request_id");
     }
-    .await;
-    crate::web::api::no_content(res, result);
+
+    async fn check_record(db: &Db, caller: &Caller, row: &ReviewRow) -> Result<(), ApiError> {
+        check_member(db, caller, row).await
+    }
+
+    async fn check_write(
+        _db: &Db,
+        caller: &Caller,
+        _row: &ReviewRow,
+        _action: Action,
+    ) -> Result<(), ApiError> {
+        if caller.is_staff() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+
+    fn request_body(components: &mut Components, patch: bool) -> Option<RefOr<Schema>> {
+        Some(if patch {
+            PatchedAllocationReviewRequestDoc::to_schema(components)
+        } else {
+            AllocationReviewRequestDoc::to_schema(components)
+        })
+    }
 }
 
 /// The routes of this resource.
 pub fn routes() -> crate::web::route::Routes {
-    crate::web::route::Routes::new()
-        .push(crate::web::api::collection!(
-            "allocations/reviews/",
-            list,
-            create,
-            "Allocation Review List"
-        ))
-        .push(crate::web::api::item!(
-            "allocations/reviews/{id}/",
-            retrieve,
-            put,
-            patch,
-            destroy,
-            "Allocation Review Instance"
-        ))
+    resource::routes::<Reviews>()
 }
