@@ -2,8 +2,8 @@
 //! rehashed to argon2id) or LDAP, within a per-username failed-login budget; session and
 //! CSRF cookies, logout revoking the session, and whoami.
 
-use super::fields::{Text, Validator};
 use super::{Via, body, context};
+use crate::domain::validation::{Text, Validator};
 use crate::store::users::{self, User};
 use crate::web::access::{CSRF_COOKIE, SESSION_COOKIE};
 use crate::web::{ApiError, AppState};

@@ -86,7 +86,7 @@ pub async fn read(req: &mut Request) -> Result<Body, ApiError> {
                     ..Default::default()
                 }),
                 other => Ok(Body {
-                    not_object: Some(super::fields::type_name(&other)),
+                    not_object: Some(crate::domain::validation::type_name(&other)),
                     ..Default::default()
                 }),
             }

@@ -3,11 +3,11 @@
 
 use super::Caller;
 use super::body::Body;
-use super::fields::Validator;
 use super::list::{Column, Kind, ListSpec, search_via};
 use super::resource::{self, Docs, Field, Policy, Resource, Val, Who};
 use super::summaries::{self, MembershipRow, user_summary};
 use super::summaries::{AuditLogSummaryDoc, TeamSummaryDoc, UserSummaryDoc};
+use crate::domain::validation::Validator;
 use crate::store::audit::Action;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
@@ -127,7 +127,7 @@ async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<(), Ap
     let Some(raw) = body.get("team") else {
         return Ok(());
     };
-    let Ok(team_id) = super::fields::pk_value(raw) else {
+    let Ok(team_id) = crate::domain::validation::pk_value(raw) else {
         return Err(ApiError::field(
             "team",
             "Incorrect type. Expected pk value, received str.",

@@ -7,7 +7,6 @@ pub mod batch;
 pub mod body;
 pub mod choices;
 pub mod client_config;
-pub mod fields;
 pub mod list;
 pub mod logs;
 pub mod memberships;

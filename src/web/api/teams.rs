@@ -3,12 +3,12 @@
 
 use super::Caller;
 use super::body::Body;
-use super::fields::{Text, Validator};
 use super::list::{Column, Kind, ListSpec, search};
 use super::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
 use super::summaries::{self, TeamRow, user_summary};
 use super::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
 use crate::domain::policy;
+use crate::domain::validation::{Text, Validator};
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;

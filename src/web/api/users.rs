@@ -1,12 +1,12 @@
 //! `/users/users/` (domain.md §6.1): accounts, visible to every authenticated user (non-staff
 //! see active accounts only), created by staff, edited by staff or the account itself.
 
-use super::fields::{Text, Validator};
 use super::list::{self as listing, Column, Kind, ListSpec, search};
 use super::summaries::{
     self, AuditLogSummaryDoc, TeamSummaryDoc, render_datetime, render_opt_datetime, team_summary,
 };
 use super::{Caller, Via, body, context, path_id};
+use crate::domain::validation::{Text, Validator};
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::users::{USER_COLUMNS, User};
 use crate::store::{Db, Tx};

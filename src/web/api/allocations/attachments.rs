@@ -10,12 +10,12 @@
 //! is answered with the usual 301 to the slashed one).
 
 use crate::config::Config;
+use crate::domain::validation::{Text, Validator, pk_value};
 use crate::infra::uploads::{SUBDIR, UploadDir, read_stored, remove_files};
 use crate::store::audit::{self, Action, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::body::{self, Body};
-use crate::web::api::fields::{Text, Validator, pk_value};
 use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search, search_via};
 use crate::web::api::summaries::render_datetime;
 use crate::web::api::{Caller, context, path_id};
@@ -417,7 +417,7 @@ fn check_file(
             None
         }
         FileInput::Null => {
-            v.error(FIELD, crate::web::api::fields::NOT_NULL);
+            v.error(FIELD, crate::domain::validation::NOT_NULL);
             None
         }
         FileInput::NotAFile => {

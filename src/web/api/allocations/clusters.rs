@@ -2,11 +2,11 @@
 //! manage them; everyone authenticated may read any cluster by id, while the list shows a
 //! non-staff caller only the clusters their teams may use (access mode and access list).
 
+use crate::domain::validation::{Text, Validator};
 use crate::store::audit::Action;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::body::Body;
-use crate::web::api::fields::{Text, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries;
@@ -462,9 +462,4 @@ impl Resource for Clusters {
             ClusterRequestDoc::to_schema(components)
         })
     }
-}
-
-/// The routes of this resource.
-pub fn routes() -> crate::web::route::Routes {
-    resource::routes::<Clusters>()
 }

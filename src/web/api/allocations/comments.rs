@@ -7,13 +7,13 @@ use super::attachments::{
     scope_to_caller_teams,
 };
 use super::requests::AllocationRequestSummaryDoc;
+use crate::domain::validation::{Text, Validator};
 use crate::store::audit::Action;
 use crate::store::users::User;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
-use crate::web::api::fields::{Text, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
 use crate::web::api::summaries::{self, render_datetime};
@@ -354,9 +354,4 @@ impl Resource for Comments {
     ) -> Result<(), ApiError> {
         check_body_request(db, caller, body, action).await
     }
-}
-
-/// The routes of this resource.
-pub fn routes() -> crate::web::route::Routes {
-    resource::routes::<Comments>()
 }

@@ -8,13 +8,15 @@ pub mod requests;
 pub mod resource_allocations;
 pub mod reviews;
 
+use super::resource;
+
 /// The routes of this family.
 pub fn routes() -> crate::web::route::Routes {
     crate::web::route::Routes::new()
-        .push(clusters::routes())
+        .push(resource::routes::<clusters::Clusters>())
         .push(requests::routes())
-        .push(reviews::routes())
+        .push(resource::routes::<reviews::Reviews>())
         .push(resource_allocations::routes())
         .push(attachments::routes())
-        .push(comments::routes())
+        .push(resource::routes::<comments::Comments>())
 }

@@ -6,10 +6,10 @@
 
 use super::clusters::{self, first_missing, teams_of};
 use crate::config::Engine;
+use crate::domain::validation::{Text, Validator, pk_value};
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
-use crate::web::api::fields::{Text, Validator, pk_value};
 use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search, search_via};
 use crate::web::api::summaries::{self, render_datetime};
 use crate::web::api::{Caller, body, context, path_id};

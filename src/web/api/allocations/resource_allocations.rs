@@ -5,10 +5,10 @@
 
 use super::clusters;
 use super::requests::{self, invalid_pk};
+use crate::domain::validation::{NOT_NULL, REQUIRED, Validator, pk_value};
 use crate::store::Db;
 use crate::store::audit::{self, Action, Snapshot};
 use crate::web::ApiError;
-use crate::web::api::fields::{NOT_NULL, REQUIRED, Validator, pk_value};
 use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search_via};
 use crate::web::api::{Caller, body, context, path_id};
 use crate::{on_db, on_tx};

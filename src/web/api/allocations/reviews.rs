@@ -3,13 +3,13 @@
 //! request.
 
 use super::requests::{self, AllocationRequestSummaryDoc, invalid_pk};
+use crate::domain::validation::Validator;
 use crate::on_tx;
 use crate::store::audit::{Action, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
-use crate::web::api::fields::Validator;
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
 use crate::web::api::summaries::{self, render_datetime};
@@ -340,9 +340,4 @@ impl Resource for Reviews {
             AllocationReviewRequestDoc::to_schema(components)
         })
     }
-}
-
-/// The routes of this resource.
-pub fn routes() -> crate::web::route::Routes {
-    resource::routes::<Reviews>()
 }

@@ -1,7 +1,7 @@
 //! The job document of `/batch/` and its validation, with upstream's field errors (§12.1).
 
+use crate::domain::validation::type_name;
 use crate::web::ApiError;
-use crate::web::api::fields::type_name;
 use salvo::oapi::ToSchema;
 use serde::Serialize;
 use serde_json::{Map, Value, json};

@@ -7,7 +7,7 @@
 //! the request is read (the job itself, or the `job` string); referenced values are cloned
 //! whole, never walked further than their size.
 
-use crate::web::api::fields::type_name;
+use crate::domain::validation::type_name;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 

@@ -3,11 +3,11 @@
 //! Notifications are created by background jobs and not audited; the API offers no create,
 //! full update or delete (405).
 
+use crate::domain::validation::Validator;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
-use crate::web::api::fields::Validator;
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
 use crate::web::api::resource::{Docs, Field, Op, Policy, Resource, UNOFFERED, Val, Who, Write};
 use crate::web::api::summaries::UserSummaryDoc;

@@ -3,12 +3,12 @@
 //! anyone's row, other users only their own. Preferences are not audited.
 
 use crate::domain::notifications::DEFAULT_THRESHOLDS;
+use crate::domain::validation::{NOT_NULL, Validator};
 use crate::on_db;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
-use crate::web::api::fields::{NOT_NULL, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
 use crate::web::api::resource::{Docs, Field, Policy, Resource, Val, Who};
 use crate::web::api::summaries::UserSummaryDoc;

@@ -66,7 +66,7 @@ pub async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<()
     let Some(raw) = body.get("team") else {
         return Ok(());
     };
-    let Ok(team_id) = super::fields::pk_value(raw) else {
+    let Ok(team_id) = crate::domain::validation::pk_value(raw) else {
         return Ok(());
     };
     if team_exists(db, team_id).await? && !is_member(db, me.id, team_id).await? {

@@ -2,12 +2,12 @@
 
 use super::values;
 use super::{check_body_team, check_record_team, team_exists, team_scope};
+use crate::domain::validation::{Text, Validator};
 use crate::on_db;
 use crate::store::audit::{self, Action, Snapshot};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::body::Body;
-use crate::web::api::fields::{Text, Validator};
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
 use crate::web::api::summaries::{AuditLogSummaryDoc, TeamSummaryDoc};

@@ -1,9 +1,9 @@
-//! Value parsers the research resources need beyond `fields::Validator`: DRF's `DateField`
+//! Value parsers the research resources need beyond `validation::Validator`: DRF's `DateField`
 //! and `DecimalField(max_digits=14, decimal_places=2)` with their exact messages, and the
 //! rendering of decimals as strings with two places (domain.md §1.5, §3.6.1).
 
 use crate::config::Engine;
-use crate::web::api::fields::{NOT_NULL, REQUIRED, Validator};
+use crate::domain::validation::{NOT_NULL, REQUIRED, Validator};
 use chrono::NaiveDate;
 use serde_json::{Map, Value};
 
