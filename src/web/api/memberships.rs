@@ -4,7 +4,7 @@
 use super::Caller;
 use super::body::Body;
 use super::list::{Column, Kind, ListSpec, search_via};
-use super::resource::{self, Docs, Field, Policy, Resource, Val, Who};
+use super::resource::{self, Docs, Field, Policy, Resource, Val};
 use super::summaries::{self, MembershipRow, user_summary};
 use super::summaries::{AuditLogSummaryDoc, TeamSummaryDoc, UserSummaryDoc};
 use crate::domain::validation::Validator;
@@ -277,12 +277,7 @@ impl Resource for Memberships {
     const SPEC: ListSpec = SPEC;
     /// Staff, or admins/owners of the body's team (view level) and of the record's team;
     /// the member may leave.
-    const POLICY: Policy = Policy {
-        create: Who::Anyone,
-        change: Who::Anyone,
-        delete: Who::Anyone,
-        body_first: true,
-    };
+    const POLICY: Policy = Policy::BODY_FIRST;
     const DOCS: Docs = Docs {
         tag: "Users - Memberships",
         id: "A unique integer value identifying this membership.",

@@ -161,6 +161,21 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Every authenticated caller passes the gate; the resource's hooks decide the rest, the
+    /// record before the body.
+    pub const OPEN: Policy = Policy {
+        create: Who::Anyone,
+        change: Who::Anyone,
+        delete: Who::Anyone,
+        body_first: false,
+    };
+
+    /// `OPEN`, with the body and its view-level rule before the record.
+    pub const BODY_FIRST: Policy = Policy {
+        body_first: true,
+        ..Policy::OPEN
+    };
+
     /// Everyone authenticated may read; staff write.
     pub const STAFF_WRITES: Policy = Policy {
         create: Who::Staff,

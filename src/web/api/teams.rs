@@ -4,7 +4,7 @@
 use super::Caller;
 use super::body::Body;
 use super::list::{Column, Kind, ListSpec, search};
-use super::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
+use super::resource::{self, Docs, Field, Policy, Resource, Val, Write};
 use super::summaries::{self, TeamRow, user_summary};
 use super::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
 use crate::domain::policy;
@@ -259,12 +259,7 @@ impl Resource for Teams {
     const FIELDS: &'static [Field<TeamRow>] = &FIELDS;
     const SPEC: ListSpec = SPEC;
     /// Anyone creates; staff or the team's admins/owners change and delete (`check_write`).
-    const POLICY: Policy = Policy {
-        create: Who::Anyone,
-        change: Who::Anyone,
-        delete: Who::Anyone,
-        body_first: false,
-    };
+    const POLICY: Policy = Policy::OPEN;
     const DOCS: Docs = Docs {
         tag: "Users - Teams",
         id: "A unique integer value identifying this team.",

@@ -15,7 +15,7 @@ use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Write};
 use crate::web::api::summaries::{self, render_datetime};
 use crate::web::api::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
 use crate::{on_db, on_tx};
@@ -267,12 +267,7 @@ impl Resource for Comments {
     const SPEC: ListSpec = SPEC;
     /// Staff, or members of the request's team: the record's (object level) and, on
     /// writes, the body's (view level, read after the record).
-    const POLICY: Policy = Policy {
-        create: Who::Anyone,
-        change: Who::Anyone,
-        delete: Who::Anyone,
-        body_first: false,
-    };
+    const POLICY: Policy = Policy::OPEN;
     const DOCS: Docs = Docs {
         tag: "Allocations - Request Comments",
         id: "A unique integer value identifying this comment.",

@@ -246,9 +246,7 @@ impl Resource for Reviews {
     /// and refuse non-staff in `check_write` (403).
     const POLICY: Policy = Policy {
         create: Who::Staff,
-        change: Who::Anyone,
-        delete: Who::Anyone,
-        body_first: false,
+        ..Policy::OPEN
     };
     const DOCS: Docs = Docs {
         tag: "Allocations - Reviews",

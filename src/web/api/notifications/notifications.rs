@@ -9,7 +9,7 @@ use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{Docs, Field, Op, Policy, Resource, UNOFFERED, Val, Who, Write};
+use crate::web::api::resource::{Docs, Field, Op, Policy, Resource, UNOFFERED, Val, Write};
 use crate::web::api::summaries::UserSummaryDoc;
 use crate::web::api::summaries::{self, render_datetime, user_summary};
 use chrono::{DateTime, Utc};
@@ -177,12 +177,7 @@ impl Resource for Notifications {
     const FIELDS: &'static [Field<NotificationRow>] = &FIELDS;
     const SPEC: ListSpec = SPEC;
     /// The recipient only, staff included (`check_record`).
-    const POLICY: Policy = Policy {
-        create: Who::Anyone,
-        change: Who::Anyone,
-        delete: Who::Anyone,
-        body_first: false,
-    };
+    const POLICY: Policy = Policy::OPEN;
     const DOCS: Docs = Docs {
         tag: "Notifications - Notifications",
         id: "A unique integer value identifying this notification.",

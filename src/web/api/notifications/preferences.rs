@@ -10,7 +10,7 @@ use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
-use crate::web::api::resource::{Docs, Field, Policy, Resource, Val, Who};
+use crate::web::api::resource::{Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries::UserSummaryDoc;
 use crate::web::api::summaries::{self, user_summary};
 use chrono_tz::Tz;
@@ -226,12 +226,7 @@ impl Resource for Preferences {
     const FIELDS: &'static [Field<PreferenceRow>] = &FIELDS;
     const SPEC: ListSpec = SPEC;
     /// Anyone for their own row (`check_record`), staff for any.
-    const POLICY: Policy = Policy {
-        create: Who::Anyone,
-        change: Who::Anyone,
-        delete: Who::Anyone,
-        body_first: false,
-    };
+    const POLICY: Policy = Policy::OPEN;
     const DOCS: Docs = Docs {
         tag: "Notifications - Preferences",
         id: "A unique integer value identifying this preference.",

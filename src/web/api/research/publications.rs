@@ -9,7 +9,7 @@ use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries::{AuditLogSummaryDoc, TeamSummaryDoc};
 use crate::web::api::{Caller, summaries};
 use chrono::NaiveDate;
@@ -218,12 +218,7 @@ impl Resource for Publications {
     const FIELDS: &'static [Field<PublicationRow>] = &FIELDS;
     const SPEC: ListSpec = SPEC;
     /// Staff, or members of the body's team (view level) and of the record's team.
-    const POLICY: Policy = Policy {
-        create: Who::Anyone,
-        change: Who::Anyone,
-        delete: Who::Anyone,
-        body_first: true,
-    };
+    const POLICY: Policy = Policy::BODY_FIRST;
     const DOCS: Docs = Docs {
         tag: "Research - Publications",
         id: "A unique integer value identifying this publication.",
