@@ -14,7 +14,9 @@ pub fn routes() -> crate::web::route::Routes {
         .push(clusters::routes())
         .push(requests::routes())
         .push(reviews::routes())
-        .push(resource_allocations::routes())
+        .push(super::resource::routes::<
+            resource_allocations::ResourceAllocations,
+        >())
         .push(attachments::routes())
         .push(comments::routes())
 }
