@@ -14,9 +14,7 @@ pub fn routes() -> crate::web::route::Routes {
         .push(clusters::routes())
         .push(requests::routes())
         .push(reviews::routes())
-        .push(super::resource::routes::<
-            resource_allocations::ResourceAllocations,
-        >())
+        .push(resource_allocations::routes())
         .push(attachments::routes())
         .push(comments::routes())
 }

@@ -507,3 +507,8 @@ impl Resource for ResourceAllocations {
         })
     }
 }
+
+/// The routes of this resource.
+pub fn routes() -> crate::web::route::Routes {
+    resource::routes::<ResourceAllocations>()
+}
