@@ -188,20 +188,7 @@ pub fn routes() -> Routes {
             authentication::whoami,
             "Who Am I"
         ))
-        .push(collection!(
-            "users/users/",
-            users::list,
-            users::create,
-            "User List"
-        ))
-        .push(item!(
-            "users/users/{id}/",
-            users::retrieve,
-            users::put,
-            users::patch,
-            users::destroy,
-            "User Instance"
-        ))
+        .push(resource::routes::<users::Users>())
         .push(resource::routes::<teams::Teams>())
         .push(resource::routes::<memberships::Memberships>())
         .push(read_only!(

@@ -326,6 +326,10 @@ pub trait Resource: Send + Sync + Sized + 'static {
         async { Ok(Vec::new()) }
     }
 
+    /// Adjusts the audit context of a delete before anything is recorded (e.g. a record that
+    /// is the caller itself cannot be the actor of its own deletion entry).
+    fn delete_context(_ctx: &mut AuditContext, _caller: &Caller, _row: &Self::Row) {}
+
     /// The answer when the delete hits a foreign key (`None`: the database error).
     fn still_referenced() -> Option<ApiError> {
         None
@@ -613,7 +617,8 @@ async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<()
         R::check_body(&app.db, &caller, &body, Action::Delete).await?;
     }
     let row = writable::<R>(&app.db, &caller, req, Action::Delete).await?;
-    let ctx = crate::web::access::audit_context(req, depot);
+    let mut ctx = crate::web::access::audit_context(req, depot);
+    R::delete_context(&mut ctx, &caller, &row);
     let mut tx = app.db.begin().await?;
     R::before_delete(&mut tx, &row).await?;
     let files = R::cascade(&mut tx, &ctx, &row).await?;

@@ -1,11 +1,10 @@
 //! `/users/users/` (domain.md §6.1): accounts, visible to every authenticated user (non-staff
 //! see active accounts only), created by staff, edited by staff or the account itself.
 
-use super::list::{self as listing, Column, Kind, ListSpec, search};
-use super::summaries::{
-    self, AuditLogSummaryDoc, TeamSummaryDoc, render_datetime, render_opt_datetime, team_summary,
-};
-use super::{Caller, Via, body, context, path_id};
+use super::list::{Column, Kind, ListSpec, search};
+use super::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
+use super::summaries::{self, AuditLogSummaryDoc, TeamSummaryDoc, render_datetime, team_summary};
+use super::{Caller, Via, body};
 use crate::domain::validation::{Text, Validator};
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::users::{USER_COLUMNS, User};
@@ -13,9 +12,7 @@ use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::{on_db, on_tx};
 use chrono_tz::Tz;
-use salvo::http::StatusCode;
 use salvo::oapi::ToSchema;
-use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -23,26 +20,44 @@ use serde_json::{Value, json};
 pub const CONTENT_TYPE: &str = "users | User";
 const MODEL: &str = "User";
 
-const COLUMNS: &[Column] = &[
-    Column::new("id", Kind::Int),
-    Column::new("username", Kind::Text),
-    Column::new("first_name", Kind::Text),
-    Column::new("last_name", Kind::Text),
-    Column::new("email", Kind::Text),
-    Column::new("department", Kind::Text),
-    Column::new("role", Kind::Text),
-    Column::new("is_active", Kind::Bool),
-    Column::new("is_staff", Kind::Bool),
-    Column::new("is_ldap_user", Kind::Bool),
-    Column::new("is_superuser", Kind::Bool),
-    Column::new("date_joined", Kind::DateTime),
-    Column::new("last_login", Kind::DateTime),
+/// The stored fields, listed ones first; the password is written but neither filtered nor
+/// ordered on.
+const FIELDS: [Field<User>; 14] = [
+    Field::id(|u| Val::Int(u.id)),
+    Field::new("username", Kind::Text, |u| Val::Text(u.username.clone())),
+    Field::new("first_name", Kind::Text, |u| {
+        Val::OptText(u.first_name.clone())
+    }),
+    Field::new("last_name", Kind::Text, |u| {
+        Val::OptText(u.last_name.clone())
+    }),
+    Field::new("email", Kind::Text, |u| Val::OptText(u.email.clone())),
+    Field::new("department", Kind::Text, |u| {
+        Val::OptText(u.department.clone())
+    }),
+    Field::new("role", Kind::Text, |u| Val::OptText(u.role.clone())),
+    Field::new("is_active", Kind::Bool, |u| Val::Bool(u.is_active)),
+    Field::new("is_staff", Kind::Bool, |u| Val::Bool(u.is_staff)),
+    Field::new("is_ldap_user", Kind::Bool, |u| Val::Bool(u.is_ldap_user)),
+    Field::new("is_superuser", Kind::Bool, |u| Val::Bool(u.is_superuser)),
+    Field::new("date_joined", Kind::DateTime, |u: &User| {
+        Val::DateTime(u.date_joined)
+    })
+    .write(Write::Create),
+    Field::new("last_login", Kind::DateTime, |u: &User| {
+        Val::OptText(u.last_login.as_ref().and_then(audit::datetime))
+    })
+    .write(Write::Never),
+    Field::new("password", Kind::Text, |u| Val::Text(u.password.clone())),
 ];
+const COLUMNS: &[Column] = &resource::columns(&FIELDS);
+/// Every column but the password.
+const LISTED: &[Column] = COLUMNS.split_at(13).0;
 
 pub const SPEC: ListSpec = ListSpec {
     table: "users_user",
-    filters: COLUMNS,
-    order: COLUMNS,
+    filters: LISTED,
+    order: LISTED,
     search: &[
         search("username"),
         search("first_name"),
@@ -69,8 +84,10 @@ pub struct UserDoc {
     pub id: i64,
     pub display_name: String,
     pub abbreviation: String,
-    pub _membership: Vec<TeamRole>,
-    pub _history: Vec<AuditLogSummaryDoc>,
+    #[salvo(schema(value_type = Vec<TeamRole>))]
+    pub _membership: Vec<Value>,
+    #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
+    pub _history: Vec<Value>,
     pub is_superuser: bool,
     pub username: String,
     pub first_name: Option<String>,
@@ -87,18 +104,9 @@ pub struct UserDoc {
     pub user_permissions: Vec<i64>,
 }
 
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PaginatedUserList"))]
-pub struct UserPage {
-    pub count: i64,
-    pub next: Option<String>,
-    pub previous: Option<String>,
-    pub results: Vec<UserDoc>,
-}
-
 /// Representations of a page of users: memberships, their teams, history and its actors in
 /// four queries whatever the page size.
-pub async fn represent(db: &Db, tz: Tz, users: &[User]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(db: &Db, tz: Tz, users: &[User]) -> Result<Vec<UserDoc>, ApiError> {
     let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
     let memberships = summaries::memberships_where(db, "user_id", &ids).await?;
     let team_ids: Vec<i64> = memberships.iter().map(|m| m.team_id).collect();
@@ -114,8 +122,11 @@ pub async fn represent(db: &Db, tz: Tz, users: &[User]) -> Result<Vec<Value>, Ap
     let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(users
         .iter()
-        .map(|u| {
-            let membership: Vec<Value> = memberships
+        .map(|u| UserDoc {
+            id: u.id,
+            display_name: summaries::display_name(u),
+            abbreviation: summaries::abbreviation(u),
+            _membership: memberships
                 .iter()
                 .filter(|m| m.user_id == u.id)
                 .map(|m| {
@@ -126,104 +137,32 @@ pub async fn represent(db: &Db, tz: Tz, users: &[User]) -> Result<Vec<Value>, Ap
                         .unwrap_or(Value::Null);
                     json!({"id": m.id, "team": m.team_id, "role": m.role, "_team": team})
                 })
-                .collect();
-            json!({
-                "id": u.id,
-                "display_name": summaries::display_name(u),
-                "abbreviation": summaries::abbreviation(u),
-                "_membership": membership,
-                "_history": history.remove(&u.id).unwrap_or_default(),
-                "is_superuser": u.is_superuser,
-                "username": u.username,
-                "first_name": u.first_name,
-                "last_name": u.last_name,
-                "email": u.email,
-                "department": u.department,
-                "role": u.role,
-                "is_active": u.is_active,
-                "is_staff": u.is_staff,
-                "is_ldap_user": u.is_ldap_user,
-                "date_joined": render_datetime(&u.date_joined, tz),
-                "last_login": render_opt_datetime(&u.last_login, tz),
-                "groups": [],
-                "user_permissions": [],
-            })
+                .collect(),
+            _history: history.remove(&u.id).unwrap_or_default(),
+            is_superuser: u.is_superuser,
+            username: u.username.clone(),
+            first_name: u.first_name.clone(),
+            last_name: u.last_name.clone(),
+            email: u.email.clone(),
+            department: u.department.clone(),
+            role: u.role.clone(),
+            is_active: u.is_active,
+            is_staff: u.is_staff,
+            is_ldap_user: u.is_ldap_user,
+            date_joined: render_datetime(&u.date_joined, tz),
+            last_login: u.last_login.as_ref().map(|t| render_datetime(t, tz)),
+            groups: Vec::new(),
+            user_permissions: Vec::new(),
         })
         .collect())
 }
 
 pub async fn represent_one(db: &Db, tz: Tz, user: &User) -> Result<Value, ApiError> {
-    Ok(represent(db, tz, std::slice::from_ref(user))
-        .await?
-        .pop()
-        .unwrap_or(Value::Null))
-}
-
-/// Visibility: non-staff callers see active accounts only.
-fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
-    if !caller.is_staff() {
-        q.and_where(Expr::col(Alias::new("is_active")).eq(true));
+    let mut reprs = represent(db, tz, std::slice::from_ref(user)).await?;
+    match reprs.pop() {
+        Some(r) => serde_json::to_value(r).map_err(|_| ApiError::Internal),
+        None => Ok(Value::Null),
     }
-}
-
-/// List users.
-///
-/// Returns a list of user accounts. Non-staff users are only returned active accounts.
-#[endpoint(
-    operation_id = "users_users_list",
-    tags("Users - Accounts"),
-    responses((status_code = 200, description = "", body = UserPage))
-)]
-pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let listing::CallerPage {
-            app, rows, page, ..
-        } = listing::caller_page::<User>(
-            req,
-            depot,
-            &SPEC,
-            &USER_COLUMNS.split(", ").collect::<Vec<_>>(),
-            scope,
-        )
-        .await?;
-        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
-    }
-    .await;
-    super::respond(res, StatusCode::OK, result);
-}
-
-async fn visible_user(
-    app: &crate::web::AppState,
-    caller: &Caller,
-    id: i64,
-) -> Result<User, ApiError> {
-    let user = crate::store::users::by_id(&app.db, id)
-        .await?
-        .ok_or_else(|| ApiError::no_match(MODEL))?;
-    if !crate::domain::policy::user_visible(caller.is_staff(), user.is_active) {
-        return Err(ApiError::no_match(MODEL));
-    }
-    Ok(user)
-}
-
-/// Retrieve a user.
-///
-/// Returns a single user account by ID.
-#[endpoint(
-    operation_id = "users_users_retrieve",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this user.")),
-    tags("Users - Accounts"),
-    responses((status_code = 200, description = "", body = UserDoc))
-)]
-pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let id = path_id(req)?;
-        let user = visible_user(&app, &caller, id).await?;
-        represent_one(&app.db, app.config.timezone(), &user).await
-    }
-    .await;
-    super::respond(res, StatusCode::OK, result);
 }
 
 /// Django's username rule: Unicode letters, digits and `@.+-_`.
@@ -315,6 +254,59 @@ async fn validate(
         c.password = Some(p);
     }
     Ok(c)
+}
+
+/// The account after a write: `changes` applied to the stored account (`existing`), or to a
+/// new one, with the new password hashed.
+async fn apply(c: Changes, existing: Option<&User>) -> Result<User, ApiError> {
+    let mut after = match existing {
+        Some(user) => user.clone(),
+        None => User {
+            id: 0,
+            username: String::new(),
+            password: String::new(),
+            first_name: None,
+            last_name: None,
+            email: None,
+            department: None,
+            role: None,
+            is_active: true,
+            is_staff: false,
+            is_superuser: false,
+            is_ldap_user: false,
+            date_joined: chrono::Utc::now(),
+            last_login: None,
+        },
+    };
+    if let Some(u) = c.username {
+        after.username = u;
+    }
+    macro_rules! set {
+        ($field:ident) => {
+            if let Some(v) = c.$field {
+                after.$field = v;
+            }
+        };
+    }
+    set!(first_name);
+    set!(last_name);
+    set!(email);
+    set!(department);
+    set!(role);
+    set!(is_active);
+    set!(is_staff);
+    set!(is_ldap_user);
+    set!(is_superuser);
+    if existing.is_none() {
+        // A superuser is staff.
+        after.is_staff |= after.is_superuser;
+    }
+    if let Some(p) = &c.password {
+        after.password = crate::identity::passwords::hash(p)
+            .await
+            .map_err(|_| ApiError::Internal)?;
+    }
+    Ok(after)
 }
 
 /// The tracked fields as audit strings (`last_login` is never tracked; password masked).
@@ -414,195 +406,6 @@ impl Default for UserFields {
             is_ldap_user: false,
         }
     }
-}
-
-/// Create a user.
-///
-/// Creates a new user account. Staff only.
-#[endpoint(
-    operation_id = "users_users_create",
-    tags("Users - Accounts"),
-    responses((status_code = 201, description = "", body = UserDoc))
-)]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        if !caller.is_staff() {
-            return Err(ApiError::forbidden());
-        }
-        let body = body::read(req).await?;
-        let c = validate(&app.db, &body, false, true, None).await?;
-        let password = c.password.clone().unwrap_or_default();
-        let hash = crate::identity::passwords::hash(&password)
-            .await
-            .map_err(|_| ApiError::Internal)?;
-        let new = crate::store::users::NewUser {
-            username: c.username.clone().unwrap_or_default(),
-            email: c.email.clone().flatten(),
-            password_hash: hash,
-            is_staff: c.is_staff.unwrap_or(false),
-            is_superuser: c.is_superuser.unwrap_or(false),
-        };
-        let fields = UserFields {
-            first_name: c.first_name.clone().flatten(),
-            last_name: c.last_name.clone().flatten(),
-            department: c.department.clone().flatten(),
-            role: c.role.clone().flatten(),
-            is_active: c.is_active.unwrap_or(true),
-            is_ldap_user: c.is_ldap_user.unwrap_or(false),
-        };
-        let ctx = crate::web::access::audit_context(req, depot);
-        let user = insert(&app.db, &ctx, &new, &fields).await?;
-        represent_one(&app.db, app.config.timezone(), &user).await
-    }
-    .await;
-    super::respond(res, StatusCode::CREATED, result);
-}
-
-async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<Value, ApiError> {
-    let (app, caller) = context(depot)?;
-    let me = caller.user.clone();
-    let id = path_id(req)?;
-    let target = visible_user(&app, &caller, id).await?;
-    if !me.is_staff && me.id != target.id {
-        return Err(ApiError::forbidden());
-    }
-    let body = body::read(req).await?;
-    let c = validate(&app.db, &body, partial, me.is_staff, Some(&target)).await?;
-    let mut after = target.clone();
-    if let Some(u) = c.username {
-        after.username = u;
-    }
-    macro_rules! set {
-        ($field:ident) => {
-            if let Some(v) = c.$field {
-                after.$field = v;
-            }
-        };
-    }
-    set!(first_name);
-    set!(last_name);
-    set!(email);
-    set!(department);
-    set!(role);
-    set!(is_active);
-    set!(is_staff);
-    set!(is_ldap_user);
-    set!(is_superuser);
-    if let Some(p) = &c.password {
-        after.password = crate::identity::passwords::hash(p)
-            .await
-            .map_err(|_| ApiError::Internal)?;
-    }
-    let ctx = crate::web::access::audit_context(req, depot);
-    let mut tx = app.db.begin().await?;
-    on_tx!(&mut tx, |conn| sqlx::query(
-        "UPDATE users_user SET username = $1, password = $2, first_name = $3, last_name = $4, \
-         email = $5, department = $6, role = $7, is_active = $8, is_staff = $9, \
-         is_ldap_user = $10, is_superuser = $11 WHERE id = $12"
-    )
-    .bind(&after.username)
-    .bind(&after.password)
-    .bind(&after.first_name)
-    .bind(&after.last_name)
-    .bind(&after.email)
-    .bind(&after.department)
-    .bind(&after.role)
-    .bind(after.is_active)
-    .bind(after.is_staff)
-    .bind(after.is_ldap_user)
-    .bind(after.is_superuser)
-    .bind(after.id)
-    .execute(conn)
-    .await
-    .map(|_| ()))?;
-    audit::record(
-        &mut tx,
-        &ctx,
-        CONTENT_TYPE,
-        after.id,
-        &repr(&after),
-        Action::Update,
-        audit::changes(Some(&snapshot(&target)), Some(&snapshot(&after))),
-    )
-    .await?;
-    tx.commit().await?;
-    represent_one(&app.db, app.config.timezone(), &after).await
-}
-
-/// Update a user.
-///
-/// Replaces an existing user account. Staff or the account itself.
-#[endpoint(
-    operation_id = "users_users_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this user.")),
-    tags("Users - Accounts"),
-    responses((status_code = 200, description = "", body = UserDoc))
-)]
-pub async fn put(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, false).await;
-    super::respond(res, StatusCode::OK, result);
-}
-
-/// Partially update a user.
-///
-/// Updates the given fields of a user account. Staff or the account itself.
-#[endpoint(
-    operation_id = "users_users_partial_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this user.")),
-    tags("Users - Accounts"),
-    responses((status_code = 200, description = "", body = UserDoc))
-)]
-pub async fn patch(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, true).await;
-    super::respond(res, StatusCode::OK, result);
-}
-
-/// Delete a user.
-///
-/// Deletes a user account. Staff or the account itself. Refused with 409 while the account
-/// submitted requests, reviewed or commented.
-#[endpoint(
-    operation_id = "users_users_destroy",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this user.")),
-    tags("Users - Accounts"),
-    responses((status_code = 204, description = "No response body"))
-)]
-pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result: Result<(), ApiError> = async {
-        let (app, caller) = context(depot)?;
-        let me = caller.user.clone();
-        let id = path_id(req)?;
-        let target = visible_user(&app, &caller, id).await?;
-        if !me.is_staff && me.id != target.id {
-            return Err(ApiError::forbidden());
-        }
-        let blockers = protected_references(&app.db, target.id).await?;
-        if !blockers.is_empty() {
-            return Err(ApiError::Conflict(format!(
-                "Cannot delete some instances of model 'User' because they are referenced through protected foreign keys: {}.",
-                blockers.join(", ")
-            )));
-        }
-        let mut ctx = crate::web::access::audit_context(req, depot);
-        if me.id == target.id {
-            // The deleted account cannot be the actor of its own deletion entry.
-            ctx.actor = None;
-        }
-        audit::delete_audited(
-            &app.db,
-            &ctx,
-            CONTENT_TYPE,
-            "users_user",
-            target.id,
-            &repr(&target),
-            &snapshot(&target),
-        )
-        .await?;
-        Ok(())
-    }
-    .await;
-    crate::web::api::no_content(res, result);
 }
 
 /// PROTECT references that block deleting a user: `'<Model>.<field>'` names.
@@ -731,5 +534,129 @@ pub async fn upsert_ldap_login(
             tx.commit().await?;
             Ok(Some(after))
         }
+    }
+}
+
+fn blocked(blockers: &[String]) -> ApiError {
+    ApiError::Conflict(format!(
+        "Cannot delete some instances of model 'User' because they are referenced through protected foreign keys: {}.",
+        blockers.join(", ")
+    ))
+}
+
+/// The user resource.
+pub struct Users;
+
+crate::document_resource!(Users);
+
+impl Resource for Users {
+    type Row = User;
+    type Repr = UserDoc;
+    type Extra = ();
+
+    const PATH: &'static str = "users/users/";
+    const TABLE: &'static str = "users_user";
+    const CONTENT_TYPE: &'static str = CONTENT_TYPE;
+    const MODEL: &'static str = MODEL;
+    const FIELDS: &'static [Field<User>] = &FIELDS;
+    const SPEC: ListSpec = SPEC;
+    /// Staff create; staff or the account itself change and delete (`check_write`).
+    const POLICY: Policy = Policy {
+        create: Who::Staff,
+        ..Policy::OPEN
+    };
+    const DOCS: Docs = Docs {
+        tag: "Users - Accounts",
+        id: "A unique integer value identifying this user.",
+        list_name: "User List",
+        item_name: "User Instance",
+        list: (
+            "List users.",
+            "Returns a list of user accounts. Non-staff users are only returned active accounts.",
+        ),
+        retrieve: ("Retrieve a user.", "Returns a single user account by ID."),
+        create: ("Create a user.", "Creates a new user account. Staff only."),
+        update: (
+            "Update a user.",
+            "Replaces an existing user account. Staff or the account itself.",
+        ),
+        partial_update: (
+            "Partially update a user.",
+            "Updates the given fields of a user account. Staff or the account itself.",
+        ),
+        destroy: (
+            "Delete a user.",
+            "Deletes a user account. Staff or the account itself. Refused with 409 while the \
+             account submitted requests, reviewed or commented.",
+        ),
+    };
+
+    crate::record_id!();
+
+    async fn repr(_tx: &mut Tx, row: &User) -> Result<String, ApiError> {
+        Ok(repr(row))
+    }
+
+    /// Staff-only flags are read from staff callers only (`validate`).
+    async fn validate(
+        db: &Db,
+        caller: &Caller,
+        body: &body::Body,
+        partial: bool,
+        current: Option<&User>,
+    ) -> Result<(User, ()), ApiError> {
+        let c = validate(db, body, partial, caller.is_staff(), current).await?;
+        Ok((apply(c, current).await?, ()))
+    }
+
+    async fn represent(db: &Db, tz: Tz, rows: &[User]) -> Result<Vec<UserDoc>, ApiError> {
+        represent(db, tz, rows).await
+    }
+
+    /// Non-staff callers see active accounts only.
+    fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
+        if !caller.is_staff() {
+            q.and_where(Expr::col(Alias::new("is_active")).eq(true));
+        }
+    }
+
+    /// An account the caller may not see is missing (404).
+    async fn check_record(_db: &Db, caller: &Caller, row: &User) -> Result<(), ApiError> {
+        if crate::domain::policy::user_visible(caller.is_staff(), row.is_active) {
+            Ok(())
+        } else {
+            Err(ApiError::no_match(MODEL))
+        }
+    }
+
+    /// Staff or the account itself (403); a delete is refused while protected references
+    /// remain (409).
+    async fn check_write(
+        db: &Db,
+        caller: &Caller,
+        row: &User,
+        action: Action,
+    ) -> Result<(), ApiError> {
+        if !caller.is_staff() && caller.id() != row.id {
+            return Err(ApiError::forbidden());
+        }
+        if action == Action::Delete {
+            let blockers = protected_references(db, row.id).await?;
+            if !blockers.is_empty() {
+                return Err(blocked(&blockers));
+            }
+        }
+        Ok(())
+    }
+
+    /// The deleted account cannot be the actor of its own deletion entry.
+    fn delete_context(ctx: &mut AuditContext, caller: &Caller, row: &User) {
+        if caller.id() == row.id {
+            ctx.actor = None;
+        }
+    }
+
+    fn snapshot(row: &User) -> Snapshot {
+        snapshot(row)
     }
 }

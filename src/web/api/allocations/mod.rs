@@ -16,7 +16,7 @@ pub fn routes() -> crate::web::route::Routes {
         .push(resource::routes::<clusters::Clusters>())
         .push(requests::routes())
         .push(resource::routes::<reviews::Reviews>())
-        .push(resource_allocations::routes())
+        .push(resource::routes::<resource_allocations::ResourceAllocations>())
         .push(attachments::routes())
         .push(resource::routes::<comments::Comments>())
 }

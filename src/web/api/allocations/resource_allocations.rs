@@ -6,37 +6,46 @@
 use super::clusters;
 use super::requests::{self, invalid_pk};
 use crate::domain::validation::{NOT_NULL, REQUIRED, Validator, pk_value};
-use crate::store::Db;
-use crate::store::audit::{self, Action, Snapshot};
+use crate::on_tx;
+use crate::store::audit::{Action, Snapshot};
+use crate::store::{Db, Tx};
 use crate::web::ApiError;
-use crate::web::api::list::{self as listing, Column, Kind, ListSpec, search_via};
-use crate::web::api::{Caller, body, context, path_id};
-use crate::{on_db, on_tx};
+use crate::web::api::Caller;
+use crate::web::api::body::{self, Body};
+use crate::web::api::list::{Column, Kind, ListSpec, search_via};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
+use crate::web::api::summaries::AuditLogSummaryDoc;
 use chrono_tz::Tz;
-use salvo::http::StatusCode;
-use salvo::oapi::ToSchema;
-use salvo::prelude::*;
+use salvo::oapi::{Components, RefOr, Schema, ToSchema};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "allocations | ResourceAllocation";
 const MODEL: &str = "ResourceAllocation";
+const TABLE: &str = "allocations_resourceallocation";
 /// Service units are PostgreSQL `INTEGER`s (domain.md §3.5.4).
 pub const SU_MAX: i64 = 2_147_483_647;
 
-const COLUMNS: &[Column] = &[
-    Column::new("id", Kind::Int),
-    Column::new("requested", Kind::Int),
-    Column::new("awarded", Kind::Int),
-    Column::new("final", Kind::Int),
-    Column::new("cluster", Kind::Fk("allocations_cluster")),
-    Column::new("request", Kind::Fk(requests::TABLE)),
+const FIELDS: [Field<AllocationRow>; 6] = [
+    Field::id(|a| Val::Int(a.id)),
+    Field::new("requested", Kind::Int, |a| Val::Int(a.requested.into())),
+    Field::new("awarded", Kind::Int, |a| {
+        Val::OptInt(a.awarded.map(i64::from))
+    }),
+    Field::new("final", Kind::Int, |a| Val::OptInt(a.final_.map(i64::from))),
+    Field::new("cluster", Kind::Fk("allocations_cluster"), |a| {
+        Val::Int(a.cluster_id)
+    }),
+    Field::new("request", Kind::Fk(requests::TABLE), |a| {
+        Val::Int(a.request_id)
+    }),
 ];
+const COLUMNS: [Column; 6] = resource::columns(&FIELDS);
 
 pub const SPEC: ListSpec = ListSpec {
-    table: "allocations_resourceallocation",
-    filters: COLUMNS,
-    order: COLUMNS,
+    table: TABLE,
+    filters: &COLUMNS,
+    order: &COLUMNS,
     search: &[
         search_via(
             &[("request_id", requests::TABLE), ("team_id", "users_team")],
@@ -47,22 +56,18 @@ pub const SPEC: ListSpec = ListSpec {
     ],
 };
 
-const ROW_COLUMNS: [&str; 6] = [
-    "id",
-    "requested",
-    "awarded",
-    "final",
-    "cluster_id",
-    "request_id",
-];
-
+// A resource allocation as the API renders and documents it (a doc comment here would
+// become the schema's description).
 #[derive(Serialize, ToSchema)]
 #[salvo(schema(name = "ResourceAllocation"))]
-pub struct ResourceAllocationDoc {
+pub struct ResourceAllocation {
     pub id: i64,
-    pub _cluster: clusters::ClusterSummaryDoc,
-    pub _request: requests::AllocationRequestSummaryDoc,
-    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
+    #[salvo(schema(value_type = clusters::ClusterSummaryDoc))]
+    pub _cluster: Value,
+    #[salvo(schema(value_type = requests::AllocationRequestSummaryDoc))]
+    pub _request: Value,
+    #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
+    pub _history: Vec<Value>,
     #[salvo(schema(minimum = 0, maximum = 2147483647))]
     pub requested: i64,
     #[salvo(schema(minimum = 0, maximum = 2147483647, required))]
@@ -103,15 +108,6 @@ pub struct PatchedResourceAllocationRequestDoc {
     pub request: i64,
 }
 
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PaginatedResourceAllocationList"))]
-pub struct ResourceAllocationPage {
-    pub count: i64,
-    pub next: Option<String>,
-    pub previous: Option<String>,
-    pub results: Vec<ResourceAllocationDoc>,
-}
-
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AllocationRow {
     pub id: i64,
@@ -123,13 +119,13 @@ pub struct AllocationRow {
     pub request_id: i64,
 }
 
-fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
-    requests::scope_via_request(q, caller, "request_id");
-}
-
 /// Representations of a page: clusters, requests and history in a constant number of
 /// queries.
-pub async fn represent(db: &Db, tz: Tz, rows: &[AllocationRow]) -> Result<Vec<Value>, ApiError> {
+pub async fn represent(
+    db: &Db,
+    tz: Tz,
+    rows: &[AllocationRow],
+) -> Result<Vec<ResourceAllocation>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|a| a.id).collect();
     let cluster_ids: Vec<i64> = rows.iter().map(|a| a.cluster_id).collect();
     let request_ids: Vec<i64> = rows.iter().map(|a| a.request_id).collect();
@@ -138,88 +134,21 @@ pub async fn represent(db: &Db, tz: Tz, rows: &[AllocationRow]) -> Result<Vec<Va
     let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
     Ok(rows
         .iter()
-        .map(|a| {
-            json!({
-                "id": a.id,
-                "_cluster": cls.get(&a.cluster_id).map(clusters::summary).unwrap_or(Value::Null),
-                "_request": reqs.get(&a.request_id).cloned().unwrap_or(Value::Null),
-                "_history": history.remove(&a.id).unwrap_or_default(),
-                "requested": a.requested,
-                "awarded": a.awarded,
-                "final": a.final_,
-                "cluster": a.cluster_id,
-                "request": a.request_id,
-            })
+        .map(|a| ResourceAllocation {
+            id: a.id,
+            _cluster: cls
+                .get(&a.cluster_id)
+                .map(clusters::summary)
+                .unwrap_or(Value::Null),
+            _request: reqs.get(&a.request_id).cloned().unwrap_or(Value::Null),
+            _history: history.remove(&a.id).unwrap_or_default(),
+            requested: a.requested.into(),
+            awarded: a.awarded.map(i64::from),
+            r#final: a.final_.map(i64::from),
+            cluster: a.cluster_id,
+            request: a.request_id,
         })
         .collect())
-}
-
-async fn represent_one(db: &Db, tz: Tz, a: &AllocationRow) -> Result<Value, ApiError> {
-    Ok(represent(db, tz, std::slice::from_ref(a))
-        .await?
-        .pop()
-        .unwrap_or(Value::Null))
-}
-
-/// List resource allocations.
-///
-/// Returns a list of resource allocations. Non-staff users are only returned allocations
-/// belonging to teams where they hold membership. Staff users are returned all allocations.
-#[endpoint(
-    operation_id = "allocations_allocations_list",
-    tags("Allocations - Allocated Resources"),
-    responses((status_code = 200, description = "", body = ResourceAllocationPage))
-)]
-pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let listing::CallerPage {
-            app, rows, page, ..
-        } = listing::caller_page::<AllocationRow>(req, depot, &SPEC, &ROW_COLUMNS, scope).await?;
-        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-async fn found(db: &Db, id: i64) -> Result<AllocationRow, ApiError> {
-    let row: Option<AllocationRow> = on_db!(db, |p| sqlx::query_as::<_, AllocationRow>(
-        "SELECT id, requested, awarded, final, cluster_id, request_id \
-         FROM allocations_resourceallocation WHERE id = $1"
-    )
-    .bind(id)
-    .fetch_optional(p)
-    .await)?;
-    row.ok_or_else(|| ApiError::no_match(MODEL))
-}
-
-/// Retrieve a resource allocation.
-///
-/// Returns a single resource allocation by ID. Read access is granted to staff users and
-/// team members.
-#[endpoint(
-    operation_id = "allocations_allocations_retrieve",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this resource allocation.")),
-    tags("Allocations - Allocated Resources"),
-    responses((status_code = 200, description = "", body = ResourceAllocationDoc))
-)]
-pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let me = &caller.user;
-        let a = found(&app.db, path_id(req)?).await?;
-        if !me.is_staff {
-            let member = match requests::by_id(&app.db, a.request_id).await? {
-                Some(r) => requests::is_member(&app.db, me.id, r.team_id).await?,
-                None => false,
-            };
-            if !member {
-                return Err(ApiError::forbidden());
-            }
-        }
-        represent_one(&app.db, app.config.timezone(), &a).await
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::OK, result);
 }
 
 pub fn snapshot_of(
@@ -230,25 +159,14 @@ pub fn snapshot_of(
     cluster: i64,
     request: i64,
 ) -> Snapshot {
-    vec![
-        ("id", audit::int(id)),
-        ("requested", audit::int(i64::from(requested))),
-        ("awarded", audit::opt_int(awarded.map(i64::from))),
-        ("final", audit::opt_int(fin.map(i64::from))),
-        ("cluster", audit::int(cluster)),
-        ("request", audit::int(request)),
-    ]
-}
-
-fn snapshot(a: &AllocationRow) -> Snapshot {
-    snapshot_of(
-        a.id,
-        a.requested,
-        a.awarded,
-        a.final_,
-        a.cluster_id,
-        a.request_id,
-    )
+    ResourceAllocations::snapshot(&AllocationRow {
+        id,
+        requested,
+        awarded,
+        final_: fin,
+        cluster_id: cluster,
+        request_id: request,
+    })
 }
 
 /// `Resource Allocation #<pk> - Cluster #<pk> - <cluster name> allocation for Team #<pk> -
@@ -259,20 +177,19 @@ pub fn repr_of(id: i64, cluster: i64, cluster_name: &str, team: i64, team_name: 
     )
 }
 
-async fn repr(db: &Db, a: &AllocationRow) -> Result<String, ApiError> {
-    let names: Option<(String, i64, String)> = on_db!(db, |p| sqlx::query_as(
+async fn repr(tx: &mut Tx, a: &AllocationRow) -> Result<String, ApiError> {
+    let names: Option<(String, i64, String)> = on_tx!(tx, |c| sqlx::query_as(
         "SELECT c.name, r.team_id, t.name FROM allocations_cluster c, \
          allocations_allocationrequest r, users_team t \
          WHERE c.id = $1 AND r.id = $2 AND t.id = r.team_id"
     )
     .bind(a.cluster_id)
     .bind(a.request_id)
-    .fetch_optional(p)
+    .fetch_optional(c)
     .await)?;
     let (cluster_name, team, team_name) = names.unwrap_or_default();
     Ok(repr_of(a.id, a.cluster_id, &cluster_name, team, &team_name))
 }
-
 /// A service-unit count as DRF's `IntegerField(min_value=0)` with the PostgreSQL bound:
 /// `Some(None)` = null, `None` = absent or invalid (error recorded).
 fn service_units(
@@ -438,183 +355,144 @@ async fn may_create(db: &Db, user_id: i64, body: &body::Body) -> Result<bool, Ap
     clusters::team_may_use(db, &cluster, request.team_id).await
 }
 
-/// Create a resource allocation.
-///
-/// Creates a new resource allocation. Write access is granted to staff users and team
-/// administrators. Non-staff users may only create allocations on clusters their team is
-/// permitted to use under the cluster's access mode, and may not set `awarded` or `final`
-/// (any value other than null is refused with 403 before validation).
-#[endpoint(
-    operation_id = "allocations_allocations_create",
-    tags("Allocations - Allocated Resources"),
-    request_body = ResourceAllocationRequestDoc,
-    responses((status_code = 201, description = "", body = ResourceAllocationDoc))
-)]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = async {
-        let (app, caller) = context(depot)?;
-        let me = &caller.user;
-        let body = body::read(req).await?;
-        if !me.is_staff && !may_create(&app.db, me.id, &body).await? {
+/// The resource allocation resource.
+pub struct ResourceAllocations;
+
+crate::document_resource!(ResourceAllocations);
+
+impl Resource for ResourceAllocations {
+    type Row = AllocationRow;
+    type Repr = ResourceAllocation;
+    type Extra = ();
+
+    const PATH: &'static str = "allocations/allocations/";
+    const TABLE: &'static str = TABLE;
+    const CONTENT_TYPE: &'static str = CONTENT_TYPE;
+    const MODEL: &'static str = MODEL;
+    const FIELDS: &'static [Field<AllocationRow>] = &FIELDS;
+    const SPEC: ListSpec = SPEC;
+    /// Creates follow `may_create` (`check_body`); item writes are staff-only after the
+    /// record is found (`check_write`: 404 before 403).
+    const POLICY: Policy = Policy::OPEN;
+    const DOCS: Docs = Docs {
+        tag: "Allocations - Allocated Resources",
+        id: "A unique integer value identifying this resource allocation.",
+        list_name: "Resource Allocation List",
+        item_name: "Resource Allocation Instance",
+        list: (
+            "List resource allocations.",
+            "Returns a list of resource allocations. Non-staff users are only returned \
+             allocations belonging to teams where they hold membership. Staff users are \
+             returned all allocations.",
+        ),
+        retrieve: (
+            "Retrieve a resource allocation.",
+            "Returns a single resource allocation by ID. Read access is granted to staff \
+             users and team members.",
+        ),
+        create: (
+            "Create a resource allocation.",
+            "Creates a new resource allocation. Write access is granted to staff users and \
+             team administrators. Non-staff users may only create allocations on clusters \
+             their team is permitted to use under the cluster's access mode, and may not set \
+             `awarded` or `final` (any value other than null is refused with 403 before \
+             validation).",
+        ),
+        update: (
+            "Update a resource allocation.",
+            "Replaces an existing resource allocation with new values. Write access is \
+             restricted to staff users.",
+        ),
+        partial_update: (
+            "Partially update a resource allocation.",
+            "Partially updates an existing resource allocation with new values. Write access \
+             is restricted to staff users.",
+        ),
+        destroy: (
+            "Delete a resource allocation.",
+            "Deletes a resource allocation by ID. Write access is restricted to staff users.",
+        ),
+    };
+
+    crate::record_id!();
+
+    async fn repr(tx: &mut Tx, row: &AllocationRow) -> Result<String, ApiError> {
+        repr(tx, row).await
+    }
+
+    async fn validate(
+        db: &Db,
+        _caller: &Caller,
+        body: &Body,
+        partial: bool,
+        current: Option<&AllocationRow>,
+    ) -> Result<(AllocationRow, ()), ApiError> {
+        Ok((validate(db, body, partial, current).await?, ()))
+    }
+
+    async fn represent(
+        db: &Db,
+        tz: Tz,
+        rows: &[AllocationRow],
+    ) -> Result<Vec<ResourceAllocation>, ApiError> {
+        represent(db, tz, rows).await
+    }
+
+    fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
+        requests::scope_via_request(q, caller, "request_id");
+    }
+
+    /// Members of the request's team (staff: any).
+    async fn check_record(db: &Db, caller: &Caller, row: &AllocationRow) -> Result<(), ApiError> {
+        if caller.is_staff() {
+            return Ok(());
+        }
+        let member = match requests::by_id(db, row.request_id).await? {
+            Some(r) => requests::is_member(db, caller.id(), r.team_id).await?,
+            None => false,
+        };
+        if member {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+
+    /// Staff only.
+    async fn check_write(
+        _db: &Db,
+        caller: &Caller,
+        _row: &AllocationRow,
+        _action: Action,
+    ) -> Result<(), ApiError> {
+        if caller.is_staff() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+
+    /// A non-staff create must pass `may_create`, before validation.
+    async fn check_body(
+        db: &Db,
+        caller: &Caller,
+        body: &Body,
+        action: Action,
+    ) -> Result<(), ApiError> {
+        if action == Action::Create
+            && !caller.is_staff()
+            && !may_create(db, caller.id(), body).await?
+        {
             return Err(ApiError::forbidden());
         }
-        let mut row = validate(&app.db, &body, false, None).await?;
-        let ctx = crate::web::access::audit_context(req, depot);
-        let mut tx = app.db.begin().await?;
-        row.id = on_tx!(&mut tx, |c| {
-            sqlx::query_scalar(
-            "INSERT INTO allocations_resourceallocation (requested, awarded, final, cluster_id, \
-             request_id) VALUES ($1, $2, $3, $4, $5) RETURNING id"
-        )
-        .bind(row.requested)
-        .bind(row.awarded)
-        .bind(row.final_)
-        .bind(row.cluster_id)
-        .bind(row.request_id)
-        .fetch_one(c)
-        .await
-        })?;
-        let text = repr(&app.db, &row).await?;
-        audit::record(
-            &mut tx,
-            &ctx,
-            CONTENT_TYPE,
-            row.id,
-            &text,
-            Action::Create,
-            audit::changes(None, Some(&snapshot(&row))),
-        )
-        .await?;
-        tx.commit().await?;
-        represent_one(&app.db, app.config.timezone(), &row).await
-    }
-    .await;
-    crate::web::api::respond(res, StatusCode::CREATED, result);
-}
-
-/// A staff-only item: 404 when missing, then 403 for non-staff.
-async fn staff_item(db: &Db, caller: &Caller, id: i64) -> Result<AllocationRow, ApiError> {
-    let me = &caller.user;
-    let a = found(db, id).await?;
-    if !me.is_staff {
-        return Err(ApiError::forbidden());
-    }
-    Ok(a)
-}
-
-async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<Value, ApiError> {
-    let (app, caller) = context(depot)?;
-    let current = staff_item(&app.db, &caller, path_id(req)?).await?;
-    let body = body::read(req).await?;
-    let after = validate(&app.db, &body, partial, Some(&current)).await?;
-    let ctx = crate::web::access::audit_context(req, depot);
-    let text = repr(&app.db, &after).await?;
-    let mut tx = app.db.begin().await?;
-    on_tx!(&mut tx, |c| sqlx::query(
-        "UPDATE allocations_resourceallocation SET requested = $1, awarded = $2, final = $3, \
-         cluster_id = $4, request_id = $5 WHERE id = $6"
-    )
-    .bind(after.requested)
-    .bind(after.awarded)
-    .bind(after.final_)
-    .bind(after.cluster_id)
-    .bind(after.request_id)
-    .bind(after.id)
-    .execute(c)
-    .await
-    .map(|_| ()))?;
-    audit::record(
-        &mut tx,
-        &ctx,
-        CONTENT_TYPE,
-        after.id,
-        &text,
-        Action::Update,
-        audit::changes(Some(&snapshot(&current)), Some(&snapshot(&after))),
-    )
-    .await?;
-    tx.commit().await?;
-    represent_one(&app.db, app.config.timezone(), &after).await
-}
-
-/// Update a resource allocation.
-///
-/// Replaces an existing resource allocation with new values. Write access is restricted to
-/// staff users.
-#[endpoint(
-    operation_id = "allocations_allocations_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this resource allocation.")),
-    tags("Allocations - Allocated Resources"),
-    request_body = ResourceAllocationRequestDoc,
-    responses((status_code = 200, description = "", body = ResourceAllocationDoc))
-)]
-pub async fn put(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, false).await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-/// Partially update a resource allocation.
-///
-/// Partially updates an existing resource allocation with new values. Write access is
-/// restricted to staff users.
-#[endpoint(
-    operation_id = "allocations_allocations_partial_update",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this resource allocation.")),
-    tags("Allocations - Allocated Resources"),
-    request_body = PatchedResourceAllocationRequestDoc,
-    responses((status_code = 200, description = "", body = ResourceAllocationDoc))
-)]
-pub async fn patch(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result = update(req, depot, true).await;
-    crate::web::api::respond(res, StatusCode::OK, result);
-}
-
-/// Delete a resource allocation.
-///
-/// Deletes a resource allocation by ID. Write access is restricted to staff users.
-#[endpoint(
-    operation_id = "allocations_allocations_destroy",
-    parameters(("id" = i64, Path, description = "A unique integer value identifying this resource allocation.")),
-    tags("Allocations - Allocated Resources"),
-    responses((status_code = 204, description = "No response body"))
-)]
-pub async fn destroy(req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result: Result<(), ApiError> = async {
-        let (app, caller) = context(depot)?;
-        let a = staff_item(&app.db, &caller, path_id(req)?).await?;
-        let ctx = crate::web::access::audit_context(req, depot);
-        let text = repr(&app.db, &a).await?;
-        audit::delete_audited(
-            &app.db,
-            &ctx,
-            CONTENT_TYPE,
-            "allocations_resourceallocation",
-            a.id,
-            &text,
-            &snapshot(&a),
-        )
-        .await?;
         Ok(())
     }
-    .await;
-    crate::web::api::no_content(res, result);
-}
 
-/// The routes of this resource.
-pub fn routes() -> crate::web::route::Routes {
-    crate::web::route::Routes::new()
-        .push(crate::web::api::collection!(
-            "allocations/allocations/",
-            list,
-            create,
-            "Resource Allocation List"
-        ))
-        .push(crate::web::api::item!(
-            "allocations/allocations/{id}/",
-            retrieve,
-            put,
-            patch,
-            destroy,
-            "Resource Allocation Instance"
-        ))
+    fn request_body(components: &mut Components, patch: bool) -> Option<RefOr<Schema>> {
+        Some(if patch {
+            PatchedResourceAllocationRequestDoc::to_schema(components)
+        } else {
+            ResourceAllocationRequestDoc::to_schema(components)
+        })
+    }
 }
