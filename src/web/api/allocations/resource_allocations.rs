@@ -190,6 +190,7 @@ async fn repr(tx: &mut Tx, a: &AllocationRow) -> Result<String, ApiError> {
     let (cluster_name, team, team_name) = names.unwrap_or_default();
     Ok(repr_of(a.id, a.cluster_id, &cluster_name, team, &team_name))
 }
+
 /// A service-unit count as DRF's `IntegerField(min_value=0)` with the PostgreSQL bound:
 /// `Some(None)` = null, `None` = absent or invalid (error recorded).
 fn service_units(
