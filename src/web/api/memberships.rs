@@ -69,35 +69,6 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     }
 }
 
-pub async fn represent(
-    db: &Db,
-    tz: Tz,
-    rows: &[MembershipRow],
-) -> Result<Vec<Membership>, ApiError> {
-    let ids: Vec<i64> = rows.iter().map(|m| m.id).collect();
-    let user_ids: Vec<i64> = rows.iter().map(|m| m.user_id).collect();
-    let team_ids: Vec<i64> = rows.iter().map(|m| m.team_id).collect();
-    let users = summaries::load_users(db, &user_ids).await?;
-    let teams = summaries::teams_by_id(db, &team_ids).await?;
-    let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|m| Membership {
-            id: m.id,
-            _user: users
-                .iter()
-                .find(|u| u.id == m.user_id)
-                .map(user_summary)
-                .unwrap_or(Value::Null),
-            _team: teams.get(&m.team_id).cloned().unwrap_or(Value::Null),
-            _history: history.remove(&m.id).unwrap_or_default(),
-            role: m.role.clone(),
-            user: m.user_id,
-            team: m.team_id,
-        })
-        .collect())
-}
-
 /// Whether a team is active, `None` when it does not exist.
 async fn team_active(db: &Db, team_id: i64) -> Result<Option<bool>, ApiError> {
     Ok(on_db!(db, |p| sqlx::query_scalar::<_, bool>(
@@ -328,7 +299,28 @@ impl Resource for Memberships {
         tz: Tz,
         rows: &[MembershipRow],
     ) -> Result<Vec<Membership>, ApiError> {
-        represent(db, tz, rows).await
+        let ids: Vec<i64> = rows.iter().map(|m| m.id).collect();
+        let user_ids: Vec<i64> = rows.iter().map(|m| m.user_id).collect();
+        let team_ids: Vec<i64> = rows.iter().map(|m| m.team_id).collect();
+        let users = summaries::load_users(db, &user_ids).await?;
+        let teams = summaries::teams_by_id(db, &team_ids).await?;
+        let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|m| Membership {
+                id: m.id,
+                _user: users
+                    .iter()
+                    .find(|u| u.id == m.user_id)
+                    .map(user_summary)
+                    .unwrap_or(Value::Null),
+                _team: teams.get(&m.team_id).cloned().unwrap_or(Value::Null),
+                _history: history.remove(&m.id).unwrap_or_default(),
+                role: m.role.clone(),
+                user: m.user_id,
+                team: m.team_id,
+            })
+            .collect())
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {

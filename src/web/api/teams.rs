@@ -101,45 +101,6 @@ fn list_scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     }
 }
 
-pub async fn represent(db: &Db, tz: Tz, teams: &[TeamRow]) -> Result<Vec<Team>, ApiError> {
-    let ids: Vec<i64> = teams.iter().map(|t| t.id).collect();
-    let memberships = summaries::memberships_where(db, "team_id", &ids).await?;
-    let user_ids: Vec<i64> = memberships.iter().map(|m| m.user_id).collect();
-    let users = summaries::load_users(db, &user_ids).await?;
-    let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(teams
-        .iter()
-        .map(|t| {
-            let mine: Vec<&summaries::MembershipRow> =
-                memberships.iter().filter(|m| m.team_id == t.id).collect();
-            let membership: Vec<UserRole> = mine
-                .iter()
-                .map(|m| UserRole {
-                    id: m.id,
-                    user: m.user_id,
-                    role: m.role.clone(),
-                    _user: users
-                        .iter()
-                        .find(|u| u.id == m.user_id)
-                        .map(user_summary)
-                        .unwrap_or(Value::Null),
-                })
-                .collect();
-            let mut member_ids: Vec<i64> = mine.iter().map(|m| m.user_id).collect();
-            member_ids.sort_unstable();
-            Team {
-                id: t.id,
-                slug: t.slug.clone(),
-                is_active: t.is_active,
-                _membership: membership,
-                _history: history.remove(&t.id).unwrap_or_default(),
-                name: t.name.clone(),
-                users: member_ids,
-            }
-        })
-        .collect())
-}
-
 pub fn repr(t: &TeamRow) -> String {
     format!("Team #{} - {}", t.id, t.name)
 }
@@ -309,8 +270,43 @@ impl Resource for Teams {
         Ok((row, ()))
     }
 
-    async fn represent(db: &Db, tz: Tz, rows: &[TeamRow]) -> Result<Vec<Team>, ApiError> {
-        represent(db, tz, rows).await
+    async fn represent(db: &Db, tz: Tz, teams: &[TeamRow]) -> Result<Vec<Team>, ApiError> {
+        let ids: Vec<i64> = teams.iter().map(|t| t.id).collect();
+        let memberships = summaries::memberships_where(db, "team_id", &ids).await?;
+        let user_ids: Vec<i64> = memberships.iter().map(|m| m.user_id).collect();
+        let users = summaries::load_users(db, &user_ids).await?;
+        let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(teams
+            .iter()
+            .map(|t| {
+                let mine: Vec<&summaries::MembershipRow> =
+                    memberships.iter().filter(|m| m.team_id == t.id).collect();
+                let membership: Vec<UserRole> = mine
+                    .iter()
+                    .map(|m| UserRole {
+                        id: m.id,
+                        user: m.user_id,
+                        role: m.role.clone(),
+                        _user: users
+                            .iter()
+                            .find(|u| u.id == m.user_id)
+                            .map(user_summary)
+                            .unwrap_or(Value::Null),
+                    })
+                    .collect();
+                let mut member_ids: Vec<i64> = mine.iter().map(|m| m.user_id).collect();
+                member_ids.sort_unstable();
+                Team {
+                    id: t.id,
+                    slug: t.slug.clone(),
+                    is_active: t.is_active,
+                    _membership: membership,
+                    _history: history.remove(&t.id).unwrap_or_default(),
+                    name: t.name.clone(),
+                    users: member_ids,
+                }
+            })
+            .collect())
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {

@@ -166,37 +166,6 @@ async fn access_rows(db: &Db, ids: &[i64]) -> Result<Vec<(i64, i64)>, ApiError> 
     Ok(crate::store::fetch_all(db, &q).await?)
 }
 
-/// Representations of a page of clusters: access lists, their teams and history in a
-/// constant number of queries.
-pub async fn represent(db: &Db, tz: Tz, rows: &[ClusterRow]) -> Result<Vec<Cluster>, ApiError> {
-    let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
-    let access = access_rows(db, &ids).await?;
-    let team_ids: Vec<i64> = access.iter().map(|(_, t)| *t).collect();
-    let teams = summaries::teams_by_id(db, &team_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|c| {
-            let mine: Vec<i64> = access
-                .iter()
-                .filter(|(cid, _)| *cid == c.id)
-                .map(|(_, t)| *t)
-                .collect();
-            let expanded: Vec<Value> = mine.iter().filter_map(|t| teams.get(t).cloned()).collect();
-            Cluster {
-                id: c.id,
-                _access_teams: expanded,
-                _history: history.remove(&c.id).unwrap_or_default(),
-                name: c.name.clone(),
-                description: c.description.clone(),
-                enabled: c.enabled,
-                access_mode: c.access_mode.clone(),
-                access_teams: mine,
-            }
-        })
-        .collect())
-}
-
 pub fn summary(c: &ClusterRow) -> Value {
     serde_json::json!({"id": c.id, "name": c.name, "enabled": c.enabled})
 }
@@ -419,8 +388,36 @@ impl Resource for Clusters {
         validate(db, body, partial, current).await
     }
 
+    /// Representations of a page of clusters: access lists, their teams and history in a
+    /// constant number of queries.
     async fn represent(db: &Db, tz: Tz, rows: &[ClusterRow]) -> Result<Vec<Cluster>, ApiError> {
-        represent(db, tz, rows).await
+        let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
+        let access = access_rows(db, &ids).await?;
+        let team_ids: Vec<i64> = access.iter().map(|(_, t)| *t).collect();
+        let teams = summaries::teams_by_id(db, &team_ids).await?;
+        let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|c| {
+                let mine: Vec<i64> = access
+                    .iter()
+                    .filter(|(cid, _)| *cid == c.id)
+                    .map(|(_, t)| *t)
+                    .collect();
+                let expanded: Vec<Value> =
+                    mine.iter().filter_map(|t| teams.get(t).cloned()).collect();
+                Cluster {
+                    id: c.id,
+                    _access_teams: expanded,
+                    _history: history.remove(&c.id).unwrap_or_default(),
+                    name: c.name.clone(),
+                    description: c.description.clone(),
+                    enabled: c.enabled,
+                    access_mode: c.access_mode.clone(),
+                    access_teams: mine,
+                }
+            })
+            .collect())
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {

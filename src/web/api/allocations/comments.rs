@@ -96,34 +96,6 @@ fn scope(q: &mut SelectStatement, caller: &Caller) {
     }
 }
 
-/// Representations of a page: authors, requests and history in four queries whatever the
-/// page size.
-pub async fn represent(db: &Db, tz: Tz, rows: &[CommentRow]) -> Result<Vec<Comment>, ApiError> {
-    let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
-    let user_ids: Vec<i64> = rows.iter().map(|c| c.user_id).collect();
-    let request_ids: Vec<i64> = rows.iter().map(|c| c.request_id).collect();
-    let users = summaries::users_by_id(db, &user_ids).await?;
-    let requests = requests_by_id(db, &request_ids).await?;
-    let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|c| Comment {
-            id: c.id,
-            user: c.user_id,
-            _user: users.get(&c.user_id).cloned().unwrap_or(Value::Null),
-            _request: requests
-                .get(&c.request_id)
-                .map(request_summary)
-                .unwrap_or(Value::Null),
-            _history: history.remove(&c.id).unwrap_or_default(),
-            content: c.content.clone(),
-            created: render_datetime(&c.created, tz),
-            private: c.private,
-            request: c.request_id,
-        })
-        .collect())
-}
-
 /// The rule of every item method (reads and writes alike): staff, or a member of the
 /// request's team when the comment is public (403).
 async fn check_visible(db: &Db, caller: &Caller, c: &CommentRow) -> Result<(), ApiError> {
@@ -329,8 +301,32 @@ impl Resource for Comments {
         ))
     }
 
+    /// Representations of a page: authors, requests and history in four queries whatever the
+    /// page size.
     async fn represent(db: &Db, tz: Tz, rows: &[CommentRow]) -> Result<Vec<Comment>, ApiError> {
-        represent(db, tz, rows).await
+        let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
+        let user_ids: Vec<i64> = rows.iter().map(|c| c.user_id).collect();
+        let request_ids: Vec<i64> = rows.iter().map(|c| c.request_id).collect();
+        let users = summaries::users_by_id(db, &user_ids).await?;
+        let requests = requests_by_id(db, &request_ids).await?;
+        let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|c| Comment {
+                id: c.id,
+                user: c.user_id,
+                _user: users.get(&c.user_id).cloned().unwrap_or(Value::Null),
+                _request: requests
+                    .get(&c.request_id)
+                    .map(request_summary)
+                    .unwrap_or(Value::Null),
+                _history: history.remove(&c.id).unwrap_or_default(),
+                content: c.content.clone(),
+                created: render_datetime(&c.created, tz),
+                private: c.private,
+                request: c.request_id,
+            })
+            .collect())
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {

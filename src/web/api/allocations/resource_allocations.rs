@@ -119,38 +119,6 @@ pub struct AllocationRow {
     pub request_id: i64,
 }
 
-/// Representations of a page: clusters, requests and history in a constant number of
-/// queries.
-pub async fn represent(
-    db: &Db,
-    tz: Tz,
-    rows: &[AllocationRow],
-) -> Result<Vec<ResourceAllocation>, ApiError> {
-    let ids: Vec<i64> = rows.iter().map(|a| a.id).collect();
-    let cluster_ids: Vec<i64> = rows.iter().map(|a| a.cluster_id).collect();
-    let request_ids: Vec<i64> = rows.iter().map(|a| a.request_id).collect();
-    let cls = clusters::by_ids(db, &cluster_ids).await?;
-    let reqs = requests::summaries_by_id(db, &request_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|a| ResourceAllocation {
-            id: a.id,
-            _cluster: cls
-                .get(&a.cluster_id)
-                .map(clusters::summary)
-                .unwrap_or(Value::Null),
-            _request: reqs.get(&a.request_id).cloned().unwrap_or(Value::Null),
-            _history: history.remove(&a.id).unwrap_or_default(),
-            requested: a.requested.into(),
-            awarded: a.awarded.map(i64::from),
-            r#final: a.final_.map(i64::from),
-            cluster: a.cluster_id,
-            request: a.request_id,
-        })
-        .collect())
-}
-
 pub fn snapshot_of(
     id: i64,
     requested: i32,
@@ -431,12 +399,36 @@ impl Resource for ResourceAllocations {
         Ok((validate(db, body, partial, current).await?, ()))
     }
 
+    /// Representations of a page: clusters, requests and history in a constant number of
+    /// queries.
     async fn represent(
         db: &Db,
         tz: Tz,
         rows: &[AllocationRow],
     ) -> Result<Vec<ResourceAllocation>, ApiError> {
-        represent(db, tz, rows).await
+        let ids: Vec<i64> = rows.iter().map(|a| a.id).collect();
+        let cluster_ids: Vec<i64> = rows.iter().map(|a| a.cluster_id).collect();
+        let request_ids: Vec<i64> = rows.iter().map(|a| a.request_id).collect();
+        let cls = clusters::by_ids(db, &cluster_ids).await?;
+        let reqs = requests::summaries_by_id(db, &request_ids).await?;
+        let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|a| ResourceAllocation {
+                id: a.id,
+                _cluster: cls
+                    .get(&a.cluster_id)
+                    .map(clusters::summary)
+                    .unwrap_or(Value::Null),
+                _request: reqs.get(&a.request_id).cloned().unwrap_or(Value::Null),
+                _history: history.remove(&a.id).unwrap_or_default(),
+                requested: a.requested.into(),
+                awarded: a.awarded.map(i64::from),
+                r#final: a.final_.map(i64::from),
+                cluster: a.cluster_id,
+                request: a.request_id,
+            })
+            .collect())
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {

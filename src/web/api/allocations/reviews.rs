@@ -112,34 +112,6 @@ pub struct ReviewRow {
     pub reviewer_id: i64,
 }
 
-/// Representations of a page of reviews: requests, reviewers and history in a constant
-/// number of queries.
-pub async fn represent(
-    db: &Db,
-    tz: Tz,
-    rows: &[ReviewRow],
-) -> Result<Vec<AllocationReview>, ApiError> {
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let request_ids: Vec<i64> = rows.iter().map(|r| r.request_id).collect();
-    let reviewer_ids: Vec<i64> = rows.iter().map(|r| r.reviewer_id).collect();
-    let reqs = requests::summaries_by_id(db, &request_ids).await?;
-    let users = summaries::users_by_id(db, &reviewer_ids).await?;
-    let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|r| AllocationReview {
-            id: r.id,
-            _request: reqs.get(&r.request_id).cloned().unwrap_or(Value::Null),
-            _reviewer: users.get(&r.reviewer_id).cloned().unwrap_or(Value::Null),
-            _history: history.remove(&r.id).unwrap_or_default(),
-            status: r.status.clone(),
-            submitted: render_datetime(&r.submitted, tz),
-            request: r.request_id,
-            reviewer: r.reviewer_id,
-        })
-        .collect())
-}
-
 /// Read access: staff, or a member of the request's team (403).
 async fn check_member(db: &Db, caller: &Caller, r: &ReviewRow) -> Result<(), ApiError> {
     let me = &caller.user;
@@ -302,12 +274,32 @@ impl Resource for Reviews {
         Ok((validate(db, caller.id(), body, partial, current).await?, ()))
     }
 
+    /// Representations of a page of reviews: requests, reviewers and history in a constant
+    /// number of queries.
     async fn represent(
         db: &Db,
         tz: Tz,
         rows: &[ReviewRow],
     ) -> Result<Vec<AllocationReview>, ApiError> {
-        represent(db, tz, rows).await
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let request_ids: Vec<i64> = rows.iter().map(|r| r.request_id).collect();
+        let reviewer_ids: Vec<i64> = rows.iter().map(|r| r.reviewer_id).collect();
+        let reqs = requests::summaries_by_id(db, &request_ids).await?;
+        let users = summaries::users_by_id(db, &reviewer_ids).await?;
+        let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|r| AllocationReview {
+                id: r.id,
+                _request: reqs.get(&r.request_id).cloned().unwrap_or(Value::Null),
+                _reviewer: users.get(&r.reviewer_id).cloned().unwrap_or(Value::Null),
+                _history: history.remove(&r.id).unwrap_or_default(),
+                status: r.status.clone(),
+                submitted: render_datetime(&r.submitted, tz),
+                request: r.request_id,
+                reviewer: r.reviewer_id,
+            })
+            .collect())
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {

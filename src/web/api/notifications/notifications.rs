@@ -118,33 +118,6 @@ pub fn scope(q: &mut SelectStatement, caller: &Caller) {
     }
 }
 
-/// Representations of a page: the recipients in one query whatever the page size.
-pub async fn represent(
-    db: &Db,
-    tz: Tz,
-    rows: &[NotificationRow],
-) -> Result<Vec<Notification>, ApiError> {
-    let user_ids: Vec<i64> = rows.iter().map(|n| n.user_id).collect();
-    let users = summaries::load_users(db, &user_ids).await?;
-    Ok(rows
-        .iter()
-        .map(|n| Notification {
-            id: n.id,
-            time: render_datetime(&n.time, tz),
-            read: n.read,
-            subject: n.subject.clone(),
-            message_html: n.message_html.clone(),
-            notification_type: n.notification_type.clone(),
-            user: n.user_id,
-            _user: users
-                .iter()
-                .find(|u| u.id == n.user_id)
-                .map(user_summary)
-                .unwrap_or(Value::Null),
-        })
-        .collect())
-}
-
 /// A patch of the recipient's notification: only `read` is writable, every other key is
 /// ignored.
 fn validate(body: &Body, current: Option<&NotificationRow>) -> Result<NotificationRow, ApiError> {
@@ -221,12 +194,31 @@ impl Resource for Notifications {
         Ok((validate(body, current)?, ()))
     }
 
+    /// Representations of a page: the recipients in one query whatever the page size.
     async fn represent(
         db: &Db,
         tz: Tz,
         rows: &[NotificationRow],
     ) -> Result<Vec<Notification>, ApiError> {
-        represent(db, tz, rows).await
+        let user_ids: Vec<i64> = rows.iter().map(|n| n.user_id).collect();
+        let users = summaries::load_users(db, &user_ids).await?;
+        Ok(rows
+            .iter()
+            .map(|n| Notification {
+                id: n.id,
+                time: render_datetime(&n.time, tz),
+                read: n.read,
+                subject: n.subject.clone(),
+                message_html: n.message_html.clone(),
+                notification_type: n.notification_type.clone(),
+                user: n.user_id,
+                _user: users
+                    .iter()
+                    .find(|u| u.id == n.user_id)
+                    .map(user_summary)
+                    .unwrap_or(Value::Null),
+            })
+            .collect())
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {

@@ -95,25 +95,6 @@ fn scope(q: &mut SelectStatement, caller: &Caller) {
     }
 }
 
-pub async fn represent(db: &Db, rows: &[PreferenceRow]) -> Result<Vec<Preference>, ApiError> {
-    let user_ids: Vec<i64> = rows.iter().map(|r| r.user_id).collect();
-    let users = summaries::load_users(db, &user_ids).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Preference {
-            id: r.id,
-            _user: users
-                .iter()
-                .find(|u| u.id == r.user_id)
-                .map(user_summary)
-                .unwrap_or(Value::Null),
-            request_expiry_thresholds: r.thresholds_json(),
-            notify_on_expiration: r.notify_on_expiration,
-            user: r.user_id,
-        })
-        .collect())
-}
-
 /// `request_expiry_thresholds`: any JSON value but null. Form encodings carry it as JSON text.
 fn json_value(
     v: &mut Validator,
@@ -287,7 +268,22 @@ impl Resource for Preferences {
         _tz: Tz,
         rows: &[PreferenceRow],
     ) -> Result<Vec<Preference>, ApiError> {
-        represent(db, rows).await
+        let user_ids: Vec<i64> = rows.iter().map(|r| r.user_id).collect();
+        let users = summaries::load_users(db, &user_ids).await?;
+        Ok(rows
+            .iter()
+            .map(|r| Preference {
+                id: r.id,
+                _user: users
+                    .iter()
+                    .find(|u| u.id == r.user_id)
+                    .map(user_summary)
+                    .unwrap_or(Value::Null),
+                request_expiry_thresholds: r.thresholds_json(),
+                notify_on_expiration: r.notify_on_expiration,
+                user: r.user_id,
+            })
+            .collect())
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {

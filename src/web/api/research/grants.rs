@@ -102,31 +102,6 @@ pub const SELECT_BY_TEAM_SQLITE: &str = "SELECT id, title, agency, pi, printf('%
      grant_number, start_date, end_date, description, team_id FROM research_products_grant \
      WHERE team_id = $1 ORDER BY id";
 
-/// Representations of a page: teams and history in two queries whatever the page size.
-pub async fn represent(db: &Db, tz: Tz, rows: &[GrantRow]) -> Result<Vec<Grant>, ApiError> {
-    let ids: Vec<i64> = rows.iter().map(|g| g.id).collect();
-    let team_ids: Vec<i64> = rows.iter().map(|g| g.team_id).collect();
-    let teams = summaries::teams_by_id(db, &team_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|g| Grant {
-            id: g.id,
-            _team: teams.get(&g.team_id).cloned().unwrap_or(Value::Null),
-            _history: history.remove(&g.id).unwrap_or_default(),
-            title: g.title.clone(),
-            agency: g.agency.clone(),
-            pi: g.pi.clone(),
-            amount: g.amount.clone(),
-            grant_number: g.grant_number.clone(),
-            start_date: g.start_date.format("%Y-%m-%d").to_string(),
-            end_date: g.end_date.map(|d| d.format("%Y-%m-%d").to_string()),
-            description: g.description.clone(),
-            team: g.team_id,
-        })
-        .collect())
-}
-
 pub fn snapshot(g: &GrantRow) -> Snapshot {
     Grants::snapshot(g)
 }
@@ -266,8 +241,29 @@ impl Resource for Grants {
         Ok((validate(db, body, partial, current).await?, ()))
     }
 
+    /// Representations of a page: teams and history in two queries whatever the page size.
     async fn represent(db: &Db, tz: Tz, rows: &[GrantRow]) -> Result<Vec<Grant>, ApiError> {
-        represent(db, tz, rows).await
+        let ids: Vec<i64> = rows.iter().map(|g| g.id).collect();
+        let team_ids: Vec<i64> = rows.iter().map(|g| g.team_id).collect();
+        let teams = summaries::teams_by_id(db, &team_ids).await?;
+        let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|g| Grant {
+                id: g.id,
+                _team: teams.get(&g.team_id).cloned().unwrap_or(Value::Null),
+                _history: history.remove(&g.id).unwrap_or_default(),
+                title: g.title.clone(),
+                agency: g.agency.clone(),
+                pi: g.pi.clone(),
+                amount: g.amount.clone(),
+                grant_number: g.grant_number.clone(),
+                start_date: g.start_date.format("%Y-%m-%d").to_string(),
+                end_date: g.end_date.map(|d| d.format("%Y-%m-%d").to_string()),
+                description: g.description.clone(),
+                team: g.team_id,
+            })
+            .collect())
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {

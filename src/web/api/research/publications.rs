@@ -95,35 +95,6 @@ fn date_text(d: &Option<NaiveDate>) -> Option<String> {
     d.map(|d| d.format("%Y-%m-%d").to_string())
 }
 
-/// Representations of a page: teams and history in two queries whatever the page size.
-pub async fn represent(
-    db: &Db,
-    tz: Tz,
-    rows: &[PublicationRow],
-) -> Result<Vec<Publication>, ApiError> {
-    let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
-    let team_ids: Vec<i64> = rows.iter().map(|p| p.team_id).collect();
-    let teams = summaries::teams_by_id(db, &team_ids).await?;
-    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(rows
-        .iter()
-        .map(|p| Publication {
-            id: p.id,
-            _team: teams.get(&p.team_id).cloned().unwrap_or(Value::Null),
-            _history: history.remove(&p.id).unwrap_or_default(),
-            title: p.title.clone(),
-            abstract_: p.abstract_.clone(),
-            published: date_text(&p.published),
-            submitted: date_text(&p.submitted),
-            journal: p.journal.clone(),
-            doi: p.doi.clone(),
-            volume: p.volume.clone(),
-            issue: p.issue.clone(),
-            team: p.team_id,
-        })
-        .collect())
-}
-
 pub fn snapshot(p: &PublicationRow) -> Snapshot {
     Publications::snapshot(p)
 }
@@ -272,12 +243,33 @@ impl Resource for Publications {
         Ok((validate(db, body, partial, current).await?, ()))
     }
 
+    /// Representations of a page: teams and history in two queries whatever the page size.
     async fn represent(
         db: &Db,
         tz: Tz,
         rows: &[PublicationRow],
     ) -> Result<Vec<Publication>, ApiError> {
-        represent(db, tz, rows).await
+        let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
+        let team_ids: Vec<i64> = rows.iter().map(|p| p.team_id).collect();
+        let teams = summaries::teams_by_id(db, &team_ids).await?;
+        let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(rows
+            .iter()
+            .map(|p| Publication {
+                id: p.id,
+                _team: teams.get(&p.team_id).cloned().unwrap_or(Value::Null),
+                _history: history.remove(&p.id).unwrap_or_default(),
+                title: p.title.clone(),
+                abstract_: p.abstract_.clone(),
+                published: date_text(&p.published),
+                submitted: date_text(&p.submitted),
+                journal: p.journal.clone(),
+                doi: p.doi.clone(),
+                volume: p.volume.clone(),
+                issue: p.issue.clone(),
+                team: p.team_id,
+            })
+            .collect())
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {
