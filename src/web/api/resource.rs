@@ -257,7 +257,8 @@ pub trait Resource: Send + Sync + Sized + 'static {
         current: Option<&Self::Row>,
     ) -> impl Future<Output = Result<(Self::Row, Self::Extra), ApiError>> + Send;
 
-    /// Representations of some records, in their order (a constant number of queries).
+    /// Representations of some records, in their order (a constant number of queries),
+    /// with datetimes in the site's zone `tz`.
     fn represent(
         db: &Db,
         tz: Tz,
