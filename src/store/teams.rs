@@ -15,6 +15,11 @@ pub async fn role_in(db: &Db, user_id: i64, team_id: i64) -> Result<Option<Strin
     .await)?)
 }
 
+/// Whether the user holds any membership in the team.
+pub async fn is_member(db: &Db, user_id: i64, team_id: i64) -> Result<bool, DbError> {
+    Ok(role_in(db, user_id, team_id).await?.is_some())
+}
+
 /// Admin or owner of the team.
 pub async fn is_privileged(db: &Db, user_id: i64, team_id: i64) -> Result<bool, DbError> {
     Ok(role_in(db, user_id, team_id)
@@ -22,4 +27,19 @@ pub async fn is_privileged(db: &Db, user_id: i64, team_id: i64) -> Result<bool, 
         .as_deref()
         .and_then(Role::from_code)
         .is_some_and(Role::is_privileged))
+}
+
+/// Whether the user belongs to the team of allocation request `request_id` (false when the
+/// request does not exist).
+pub async fn in_request_team(db: &Db, user_id: i64, request_id: i64) -> Result<bool, DbError> {
+    let n: i64 = on_db!(db, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users_membership m \
+         JOIN allocations_allocationrequest r ON r.team_id = m.team_id \
+         WHERE r.id = $1 AND m.user_id = $2"
+    )
+    .bind(request_id)
+    .bind(user_id)
+    .fetch_one(p)
+    .await)?;
+    Ok(n > 0)
 }

@@ -191,11 +191,7 @@ pub async fn request_team(db: &Db, request_id: i64) -> Result<Option<i64>, ApiEr
 
 /// Staff, or any member of the team.
 pub async fn is_member_or_staff(db: &Db, caller: &Caller, team_id: i64) -> Result<bool, ApiError> {
-    let me = &caller.user;
-    Ok(me.is_staff
-        || crate::store::teams::role_in(db, me.id, team_id)
-            .await?
-            .is_some())
+    Ok(caller.is_staff() || crate::store::teams::is_member(db, caller.id(), team_id).await?)
 }
 
 /// The request named by a body's `request` key, when it parses and exists.
@@ -285,11 +281,10 @@ async fn readable(db: &Db, caller: &Caller, id: i64) -> Result<AttachmentRow, Ap
     let a = by_id(db, id)
         .await?
         .ok_or_else(|| ApiError::no_match(MODEL))?;
-    let team = request_team(db, a.request_id).await?;
-    match team {
-        Some(t) if is_member_or_staff(db, caller, t).await? => Ok(a),
-        None if caller.is_staff() => Ok(a),
-        _ => Err(ApiError::forbidden()),
+    if super::sees_request(db, caller, a.request_id).await? {
+        Ok(a)
+    } else {
+        Err(ApiError::forbidden())
     }
 }
 

@@ -99,14 +99,7 @@ fn scope(q: &mut SelectStatement, caller: &Caller) {
 /// The rule of every item method (reads and writes alike): staff, or a member of the
 /// request's team when the comment is public (403).
 async fn check_visible(db: &Db, caller: &Caller, c: &CommentRow) -> Result<(), ApiError> {
-    if caller.is_staff() {
-        return Ok(());
-    }
-    let member = match request_team(db, c.request_id).await? {
-        Some(team) => is_member_or_staff(db, caller, team).await?,
-        None => false,
-    };
-    if member && !c.private {
+    if caller.is_staff() || (!c.private && super::sees_request(db, caller, c.request_id).await?) {
         Ok(())
     } else {
         Err(ApiError::forbidden())

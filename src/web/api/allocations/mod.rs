@@ -9,6 +9,16 @@ pub mod resource_allocations;
 pub mod reviews;
 
 use super::resource;
+use crate::store::Db;
+use crate::web::ApiError;
+use crate::web::api::Caller;
+
+/// Staff, or a member of the team of allocation request `request_id` (not when the request
+/// is gone): who may see a request's reviews, allocations, attachments and comments.
+pub async fn sees_request(db: &Db, caller: &Caller, request_id: i64) -> Result<bool, ApiError> {
+    Ok(caller.is_staff()
+        || crate::store::teams::in_request_team(db, caller.id(), request_id).await?)
+}
 
 /// The routes of this family.
 pub fn routes() -> crate::web::route::Routes {

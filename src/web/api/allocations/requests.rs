@@ -352,13 +352,6 @@ pub async fn summaries_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>
         .collect())
 }
 
-/// Whether the user holds any membership in the team.
-pub async fn is_member(db: &Db, user_id: i64, team_id: i64) -> Result<bool, ApiError> {
-    Ok(crate::store::teams::role_in(db, user_id, team_id)
-        .await?
-        .is_some())
-}
-
 /// A date field (`YYYY-MM-DD`), nullable. `Some(None)` = explicit null; `None` = absent or
 /// invalid (the error is recorded).
 pub fn date_field(v: &mut Validator, body: &body::Body, name: &str) -> Option<Option<NaiveDate>> {
@@ -816,7 +809,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         let (app, caller) = context(depot)?;
         let me = &caller.user;
         let r = found(&app.db, path_id(req)?).await?;
-        if !me.is_staff && !is_member(&app.db, me.id, r.team_id).await? {
+        if !me.is_staff && !crate::store::teams::is_member(&app.db, me.id, r.team_id).await? {
             return Err(ApiError::forbidden());
         }
         represent_one(&app.db, app.config.timezone(), &caller, &r).await

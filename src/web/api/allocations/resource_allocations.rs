@@ -437,14 +437,7 @@ impl Resource for ResourceAllocations {
 
     /// Members of the request's team (staff: any).
     async fn check_record(db: &Db, caller: &Caller, row: &AllocationRow) -> Result<(), ApiError> {
-        if caller.is_staff() {
-            return Ok(());
-        }
-        let member = match requests::by_id(db, row.request_id).await? {
-            Some(r) => requests::is_member(db, caller.id(), r.team_id).await?,
-            None => false,
-        };
-        if member {
+        if super::sees_request(db, caller, row.request_id).await? {
             Ok(())
         } else {
             Err(ApiError::forbidden())

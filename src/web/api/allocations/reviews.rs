@@ -112,22 +112,6 @@ pub struct ReviewRow {
     pub reviewer_id: i64,
 }
 
-/// Read access: staff, or a member of the request's team (403).
-async fn check_member(db: &Db, caller: &Caller, r: &ReviewRow) -> Result<(), ApiError> {
-    let me = &caller.user;
-    if !me.is_staff {
-        let team = requests::by_id(db, r.request_id).await?.map(|r| r.team_id);
-        let member = match team {
-            Some(t) => requests::is_member(db, me.id, t).await?,
-            None => false,
-        };
-        if !member {
-            return Err(ApiError::forbidden());
-        }
-    }
-    Ok(())
-}
-
 pub fn snapshot(r: &ReviewRow) -> Snapshot {
     Reviews::snapshot(r)
 }
@@ -306,8 +290,13 @@ impl Resource for Reviews {
         requests::scope_via_request(q, caller, "request_id");
     }
 
+    /// Read access: staff, or a member of the request's team (403).
     async fn check_record(db: &Db, caller: &Caller, row: &ReviewRow) -> Result<(), ApiError> {
-        check_member(db, caller, row).await
+        if super::sees_request(db, caller, row.request_id).await? {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
     }
 
     async fn check_write(

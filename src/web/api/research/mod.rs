@@ -39,13 +39,6 @@ pub fn team_scope(q: &mut SelectStatement, caller: &Caller) {
     }
 }
 
-/// Whether `user_id` holds any membership in `team_id`.
-pub async fn is_member(db: &Db, user_id: i64, team_id: i64) -> Result<bool, ApiError> {
-    Ok(crate::store::teams::role_in(db, user_id, team_id)
-        .await?
-        .is_some())
-}
-
 pub async fn team_exists(db: &Db, team_id: i64) -> Result<bool, ApiError> {
     let n: i64 = on_db!(db, |p| sqlx::query_scalar(
         "SELECT COUNT(*) FROM users_team WHERE id = $1"
@@ -69,7 +62,9 @@ pub async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<()
     let Ok(team_id) = crate::domain::validation::pk_value(raw) else {
         return Ok(());
     };
-    if team_exists(db, team_id).await? && !is_member(db, me.id, team_id).await? {
+    if team_exists(db, team_id).await?
+        && !crate::store::teams::is_member(db, me.id, team_id).await?
+    {
         return Err(ApiError::forbidden());
     }
     Ok(())
@@ -78,7 +73,7 @@ pub async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<()
 /// Object-level rule: staff, or a member of the record's current team (403 otherwise).
 pub async fn check_record_team(db: &Db, caller: &Caller, team_id: i64) -> Result<(), ApiError> {
     let me = &caller.user;
-    if me.is_staff || is_member(db, me.id, team_id).await? {
+    if me.is_staff || crate::store::teams::is_member(db, me.id, team_id).await? {
         Ok(())
     } else {
         Err(ApiError::forbidden())
