@@ -265,17 +265,16 @@ pub trait Resource: Send + Sync + Sized + 'static {
         rows: &[Self::Row],
     ) -> impl Future<Output = Result<Vec<Self::Repr>, ApiError>> + Send;
 
-    /// Restricts the list to what the caller may see.
-    fn scope(_q: &mut SelectStatement, _caller: &Caller) {}
+    /// Restricts the list to what the caller may see. Required, like `check_record`: every
+    /// resource states who sees what, even when it is everyone.
+    fn scope(q: &mut SelectStatement, caller: &Caller);
 
-    /// Object-level rule of every item method (403).
+    /// Object-level rule of every item method (403, or 404 where a record is hidden).
     fn check_record(
-        _db: &Db,
-        _caller: &Caller,
-        _row: &Self::Row,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send {
-        async { Ok(()) }
-    }
+        db: &Db,
+        caller: &Caller,
+        row: &Self::Row,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
     /// Object-level rule of the item writes (update, partial update, destroy), after
     /// `check_record`.

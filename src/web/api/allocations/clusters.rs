@@ -424,6 +424,12 @@ impl Resource for Clusters {
         scope(q, caller)
     }
 
+    /// Any authenticated caller may retrieve any cluster by id, whatever the list shows
+    /// (domain.md §13: "any cluster → 200").
+    async fn check_record(_db: &Db, _caller: &Caller, _row: &ClusterRow) -> Result<(), ApiError> {
+        Ok(())
+    }
+
     async fn after_write(
         tx: &mut Tx,
         row: &ClusterRow,
