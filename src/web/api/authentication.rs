@@ -10,7 +10,6 @@ use crate::web::{ApiError, AppState};
 use salvo::http::StatusCode;
 use salvo::http::cookie::{Cookie, SameSite};
 use salvo::prelude::*;
-use serde_json::Value;
 
 const INVALID: &str = "Invalid username or password.";
 const CSRF_MAX_AGE: i64 = 31_449_600;
@@ -151,7 +150,12 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let age = app.config.settings.security.session_age;
         let (token, _) = crate::identity::auth::issue_session(secret, user.id, &user.password, age)
             .map_err(|_| ApiError::Internal)?;
-        let body = super::users::represent_one(&app.db, app.config.timezone(), &user).await?;
+        let body = super::resource::represent_one::<super::users::Users>(
+            &app.db,
+            app.config.timezone(),
+            &user,
+        )
+        .await?;
         Ok((token, age, body))
     }
     .await;
@@ -223,10 +227,11 @@ pub async fn logout(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
     responses((status_code = 200, description = "", body = super::users::UserDoc))
 )]
 pub async fn whoami(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
-    let result: Result<Value, ApiError> = async {
+    let result: Result<super::users::UserDoc, ApiError> = async {
         let (app, caller) = context(depot)?;
         let me = &caller.user;
-        super::users::represent_one(&app.db, app.config.timezone(), me).await
+        super::resource::represent_one::<super::users::Users>(&app.db, app.config.timezone(), me)
+            .await
     }
     .await;
     super::respond(res, StatusCode::OK, result);

@@ -394,7 +394,12 @@ pub async fn found<R: Resource>(db: &Db, id: i64) -> Result<R::Row, ApiError> {
         .ok_or_else(|| ApiError::no_match(R::MODEL))
 }
 
-async fn represent_one<R: Resource>(db: &Db, tz: Tz, row: &R::Row) -> Result<R::Repr, ApiError> {
+/// The representation of one record.
+pub async fn represent_one<R: Resource>(
+    db: &Db,
+    tz: Tz,
+    row: &R::Row,
+) -> Result<R::Repr, ApiError> {
     R::represent(db, tz, std::slice::from_ref(row))
         .await?
         .pop()

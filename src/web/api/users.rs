@@ -104,67 +104,6 @@ pub struct UserDoc {
     pub user_permissions: Vec<i64>,
 }
 
-/// Representations of a page of users: memberships, their teams, history and its actors in
-/// four queries whatever the page size.
-pub async fn represent(db: &Db, tz: Tz, users: &[User]) -> Result<Vec<UserDoc>, ApiError> {
-    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
-    let memberships = summaries::memberships_where(db, "user_id", &ids).await?;
-    let team_ids: Vec<i64> = memberships.iter().map(|m| m.team_id).collect();
-    let mut q = Query::select();
-    q.columns(["id", "name", "slug", "is_active"].map(Alias::new))
-        .from(Alias::new("users_team"))
-        .and_where(Expr::col(Alias::new("id")).is_in(team_ids));
-    let teams: Vec<summaries::TeamRow> = if memberships.is_empty() {
-        Vec::new()
-    } else {
-        crate::store::fetch_all(db, &q).await?
-    };
-    let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
-    Ok(users
-        .iter()
-        .map(|u| UserDoc {
-            id: u.id,
-            display_name: summaries::display_name(u),
-            abbreviation: summaries::abbreviation(u),
-            _membership: memberships
-                .iter()
-                .filter(|m| m.user_id == u.id)
-                .map(|m| {
-                    let team = teams
-                        .iter()
-                        .find(|t| t.id == m.team_id)
-                        .map(team_summary)
-                        .unwrap_or(Value::Null);
-                    json!({"id": m.id, "team": m.team_id, "role": m.role, "_team": team})
-                })
-                .collect(),
-            _history: history.remove(&u.id).unwrap_or_default(),
-            is_superuser: u.is_superuser,
-            username: u.username.clone(),
-            first_name: u.first_name.clone(),
-            last_name: u.last_name.clone(),
-            email: u.email.clone(),
-            department: u.department.clone(),
-            role: u.role.clone(),
-            is_active: u.is_active,
-            is_staff: u.is_staff,
-            is_ldap_user: u.is_ldap_user,
-            date_joined: render_datetime(&u.date_joined, tz),
-            last_login: u.last_login.as_ref().map(|t| render_datetime(t, tz)),
-            groups: Vec::new(),
-            user_permissions: Vec::new(),
-        })
-        .collect())
-}
-
-pub async fn represent_one(db: &Db, tz: Tz, user: &User) -> Result<Value, ApiError> {
-    let mut reprs = represent(db, tz, std::slice::from_ref(user)).await?;
-    match reprs.pop() {
-        Some(r) => serde_json::to_value(r).map_err(|_| ApiError::Internal),
-        None => Ok(Value::Null),
-    }
-}
-
 /// Django's username rule: Unicode letters, digits and `@.+-_`.
 fn valid_username(s: &str) -> bool {
     !s.is_empty()
@@ -609,8 +548,57 @@ impl Resource for Users {
         Ok((apply(c, current).await?, ()))
     }
 
-    async fn represent(db: &Db, tz: Tz, rows: &[User]) -> Result<Vec<UserDoc>, ApiError> {
-        represent(db, tz, rows).await
+    /// Representations of a page of users: memberships, their teams, history and its actors in
+    /// four queries whatever the page size.
+    async fn represent(db: &Db, tz: Tz, users: &[User]) -> Result<Vec<UserDoc>, ApiError> {
+        let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+        let memberships = summaries::memberships_where(db, "user_id", &ids).await?;
+        let team_ids: Vec<i64> = memberships.iter().map(|m| m.team_id).collect();
+        let mut q = Query::select();
+        q.columns(["id", "name", "slug", "is_active"].map(Alias::new))
+            .from(Alias::new("users_team"))
+            .and_where(Expr::col(Alias::new("id")).is_in(team_ids));
+        let teams: Vec<summaries::TeamRow> = if memberships.is_empty() {
+            Vec::new()
+        } else {
+            crate::store::fetch_all(db, &q).await?
+        };
+        let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
+        Ok(users
+            .iter()
+            .map(|u| UserDoc {
+                id: u.id,
+                display_name: summaries::display_name(u),
+                abbreviation: summaries::abbreviation(u),
+                _membership: memberships
+                    .iter()
+                    .filter(|m| m.user_id == u.id)
+                    .map(|m| {
+                        let team = teams
+                            .iter()
+                            .find(|t| t.id == m.team_id)
+                            .map(team_summary)
+                            .unwrap_or(Value::Null);
+                        json!({"id": m.id, "team": m.team_id, "role": m.role, "_team": team})
+                    })
+                    .collect(),
+                _history: history.remove(&u.id).unwrap_or_default(),
+                is_superuser: u.is_superuser,
+                username: u.username.clone(),
+                first_name: u.first_name.clone(),
+                last_name: u.last_name.clone(),
+                email: u.email.clone(),
+                department: u.department.clone(),
+                role: u.role.clone(),
+                is_active: u.is_active,
+                is_staff: u.is_staff,
+                is_ldap_user: u.is_ldap_user,
+                date_joined: render_datetime(&u.date_joined, tz),
+                last_login: u.last_login.as_ref().map(|t| render_datetime(t, tz)),
+                groups: Vec::new(),
+                user_permissions: Vec::new(),
+            })
+            .collect())
     }
 
     /// Non-staff callers see active accounts only.
