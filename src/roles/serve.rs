@@ -178,6 +178,7 @@ pub async fn serve(
         (true, Some(listener)) => {
             let state = Arc::new(AppState {
                 config: config.clone(),
+                timezone: config.timezone(),
                 db: db.clone(),
                 secret_key: secret_key.clone(),
                 throttle: Arc::new(crate::web::throttle::connect(config.redis_url()).await),

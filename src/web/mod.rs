@@ -31,6 +31,9 @@ pub use unix::InheritedUnixAcceptor;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// The site's zone (`server.timezone`), parsed once: every response renders its
+    /// datetimes in it.
+    pub timezone: chrono_tz::Tz,
     pub db: Db,
     /// Signing key of session tokens.
     pub secret_key: Option<String>,

@@ -150,12 +150,9 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         let age = app.config.settings.security.session_age;
         let (token, _) = crate::identity::auth::issue_session(secret, user.id, &user.password, age)
             .map_err(|_| ApiError::Internal)?;
-        let body = super::resource::represent_one::<super::users::Users>(
-            &app.db,
-            app.config.timezone(),
-            &user,
-        )
-        .await?;
+        let body =
+            super::resource::represent_one::<super::users::Users>(&app.db, app.timezone, &user)
+                .await?;
         Ok((token, age, body))
     }
     .await;
@@ -230,8 +227,7 @@ pub async fn whoami(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let result: Result<super::users::UserDoc, ApiError> = async {
         let (app, caller) = context(depot)?;
         let me = &caller.user;
-        super::resource::represent_one::<super::users::Users>(&app.db, app.config.timezone(), me)
-            .await
+        super::resource::represent_one::<super::users::Users>(&app.db, app.timezone, me).await
     }
     .await;
     super::respond(res, StatusCode::OK, result);

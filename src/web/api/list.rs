@@ -782,15 +782,7 @@ pub async fn caller_page<R: crate::store::FetchRow>(
 ) -> Result<CallerPage<R>, ApiError> {
     let (app, caller) = super::context(depot)?;
     let caller_scope = |q: &mut SelectStatement| scope(q, &caller);
-    let (rows, page) = page::<R>(
-        req,
-        &app.db,
-        app.config.timezone(),
-        spec,
-        columns,
-        &caller_scope,
-    )
-    .await?;
+    let (rows, page) = page::<R>(req, &app.db, app.timezone, spec, columns, &caller_scope).await?;
     Ok(CallerPage {
         app,
         caller,

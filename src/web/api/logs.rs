@@ -392,14 +392,14 @@ async fn staff_list<R: LogView>(req: &Request, depot: &Depot) -> Result<Value, A
     let (rows, page) = listing::page_ordered::<R>(
         req,
         &app.db,
-        app.config.timezone(),
+        app.timezone,
         &R::SPEC,
         R::FIELDS,
         &|_| {},
         R::DEFAULT_ORDER,
     )
     .await?;
-    let results = R::represent(&app.db, app.config.timezone(), &rows).await?;
+    let results = R::represent(&app.db, app.timezone, &rows).await?;
     Ok(page.envelope(results))
 }
 
@@ -420,7 +420,7 @@ async fn staff_item<R: LogView>(
     if rows.is_empty() {
         return Err(ApiError::no_match(model));
     }
-    let represented = R::represent(&app.db, app.config.timezone(), &rows).await?;
+    let represented = R::represent(&app.db, app.timezone, &rows).await?;
     Ok(represented.into_iter().next().unwrap_or(Value::Null))
 }
 

@@ -507,7 +507,7 @@ async fn list<R: Resource>(
 ) -> Result<serde_json::Value, ApiError> {
     let (app, caller) = context(depot)?;
     let scope = |q: &mut SelectStatement| R::scope(q, &caller);
-    let tz = app.config.timezone();
+    let tz = app.timezone;
     let (rows, page) = if R::FIELDS.iter().any(|f| f.select.is_some()) {
         // A computed column would shadow the stored one in ORDER BY: page the ids, then
         // load the page.
@@ -563,7 +563,7 @@ async fn writable<R: Resource>(
 async fn retrieve<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
     let (app, caller) = context(depot)?;
     let row = accessible::<R>(&app.db, &caller, req).await?;
-    represent_one::<R>(&app.db, app.config.timezone(), &row).await
+    represent_one::<R>(&app.db, app.timezone, &row).await
 }
 
 async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
@@ -579,7 +579,7 @@ async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::
     R::after_write(&mut tx, &row, extra, Action::Create).await?;
     record::<R>(&mut tx, &ctx, Action::Create, None, Some(&row)).await?;
     tx.commit().await?;
-    represent_one::<R>(&app.db, app.config.timezone(), &row).await
+    represent_one::<R>(&app.db, app.timezone, &row).await
 }
 
 async fn update<R: Resource>(
@@ -611,7 +611,7 @@ async fn update<R: Resource>(
     R::after_write(&mut tx, &after, extra, Action::Update).await?;
     record::<R>(&mut tx, &ctx, Action::Update, Some(&current), Some(&after)).await?;
     tx.commit().await?;
-    represent_one::<R>(&app.db, app.config.timezone(), &after).await
+    represent_one::<R>(&app.db, app.timezone, &after).await
 }
 
 async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<(), ApiError> {

@@ -261,7 +261,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             scope_to_caller_teams,
         )
         .await?;
-        Ok(page.envelope(represent(&app.db, app.config.timezone(), &rows).await?))
+        Ok(page.envelope(represent(&app.db, app.timezone, &rows).await?))
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -314,7 +314,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let result = async {
         let (app, caller) = context(depot)?;
         let a = readable(&app.db, &caller, path_id(req)?).await?;
-        represent_one(&app.db, app.config.timezone(), &a).await
+        represent_one(&app.db, app.timezone, &a).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -580,7 +580,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             remove_files(&app.db, &app.config, std::slice::from_ref(&file)).await;
             return Err(e);
         }
-        represent_one(&app.db, app.config.timezone(), &row).await
+        represent_one(&app.db, app.timezone, &row).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::CREATED, result);
@@ -642,7 +642,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
         (Ok(()), Some(_)) => remove_unreferenced(&app.db, &app.config, &current.file).await?,
         (Ok(()), None) => {}
     }
-    represent_one(&app.db, app.config.timezone(), &after).await
+    represent_one(&app.db, app.timezone, &after).await
 }
 
 /// Update a file attachment.

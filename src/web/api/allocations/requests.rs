@@ -782,7 +782,7 @@ pub async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             rows,
             page,
         } = listing::caller_page::<RequestRow>(req, depot, &SPEC, &ROW_COLUMNS, scope).await?;
-        Ok(page.envelope(represent(&app.db, app.config.timezone(), &caller, &rows).await?))
+        Ok(page.envelope(represent(&app.db, app.timezone, &caller, &rows).await?))
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -812,7 +812,7 @@ pub async fn retrieve(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         if !me.is_staff && !crate::store::teams::is_member(&app.db, me.id, r.team_id).await? {
             return Err(ApiError::forbidden());
         }
-        represent_one(&app.db, app.config.timezone(), &caller, &r).await
+        represent_one(&app.db, app.timezone, &caller, &r).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::OK, result);
@@ -1109,7 +1109,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         )
         .await?;
         tx.commit().await?;
-        represent_one(&app.db, app.config.timezone(), &caller, &w.row).await
+        represent_one(&app.db, app.timezone, &caller, &w.row).await
     }
     .await;
     crate::web::api::respond(res, StatusCode::CREATED, result);
@@ -1161,7 +1161,7 @@ async fn update(req: &mut Request, depot: &mut Depot, partial: bool) -> Result<V
     )
     .await?;
     tx.commit().await?;
-    represent_one(&app.db, app.config.timezone(), &caller, &w.row).await
+    represent_one(&app.db, app.timezone, &caller, &w.row).await
 }
 
 /// Update an allocation request.

@@ -47,15 +47,13 @@ pub async fn filters(req: &Request, app: &AppState, spec: &ListSpec) -> Result<C
         .into_iter()
         .filter(|(k, _)| !k.starts_with('_'))
         .collect();
-    let query = listing::parse_checked(&params, spec, &app.db, app.config.timezone(), &[]).await?;
+    let query = listing::parse_checked(&params, spec, &app.db, app.timezone, &[]).await?;
     Ok(query.condition)
 }
 
 /// Today in the server time zone.
 pub fn today(app: &AppState) -> NaiveDate {
-    Utc::now()
-        .with_timezone(&app.config.timezone())
-        .date_naive()
+    Utc::now().with_timezone(&app.timezone).date_naive()
 }
 
 /// `SUM(<expr>)` as a BIGINT that is 0 over no rows (PostgreSQL sums BIGINTs as NUMERIC).
