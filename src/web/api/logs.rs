@@ -303,11 +303,7 @@ impl LogView for AuditRow {
         Ok(rows
             .iter()
             .map(|r| {
-                let changes: Value = r
-                    .changes
-                    .as_deref()
-                    .and_then(|c| serde_json::from_str(c).ok())
-                    .unwrap_or(Value::Null);
+                let changes = crate::store::audit::changes_json(r.changes.as_deref());
                 json!({
                     "id": r.id,
                     "record_name": r.content_type,

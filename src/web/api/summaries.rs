@@ -204,11 +204,7 @@ pub async fn history(
         let Some(object_id) = r.object_id else {
             continue;
         };
-        let changes: Value = r
-            .changes
-            .as_deref()
-            .and_then(|c| serde_json::from_str(c).ok())
-            .unwrap_or(Value::Null);
+        let changes = crate::store::audit::changes_json(r.changes.as_deref());
         let actor = r
             .actor_id
             .and_then(|a| actors.get(&a).cloned())
