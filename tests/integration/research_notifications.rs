@@ -472,6 +472,115 @@ fn research_permission_matrix_visibility_and_validation() {
 }
 
 /// Inserts a notification for `user` (there is no API to create one).
+/// Deleting a team deletes its memberships, grants and publications with it (domain.md
+/// §6.2), and each of them gets its own `delete` entry in the audit trail, children first,
+/// with the text and the last values upstream records, before the team's own entry.
+#[test]
+fn deleting_a_team_audits_each_record_that_goes_with_it() {
+    for backend in backends() {
+        let w = World::new(backend, &[]);
+        let team = team_two(&w);
+        let member = w.id("X1");
+        let g = ok(
+            &w,
+            "STAFF",
+            "POST",
+            "/research/grants/",
+            Some(grant(team, "Going")),
+            201,
+        );
+        let body = json!({"title": "Paper", "journal": "J", "team": team});
+        let p = ok(
+            &w,
+            "STAFF",
+            "POST",
+            "/research/publications/",
+            Some(body),
+            201,
+        );
+        let (g, p) = (g["id"].as_i64().expect("id"), p["id"].as_i64().expect("id"));
+        let m = ok(
+            &w,
+            "STAFF",
+            "GET",
+            &format!("/users/memberships/?team={team}"),
+            None,
+            200,
+        );
+        let m = m["results"][0]["id"].as_i64().expect("membership id");
+        ok(
+            &w,
+            "STAFF",
+            "DELETE",
+            &format!("/users/teams/{team}/"),
+            None,
+            204,
+        );
+
+        let log = ok(
+            &w,
+            "STAFF",
+            "GET",
+            "/logs/audit/?_order=-id&_limit=4",
+            None,
+            200,
+        );
+        let mut entries: Vec<Value> = log["results"].as_array().expect("results").clone();
+        entries.reverse();
+        let seen: Vec<(String, i64, String)> = entries
+            .iter()
+            .map(|e| {
+                let name = e["record_name"].as_str().expect("record_name").to_string();
+                let action = e["action"].as_str().expect("action").to_string();
+                (name, e["record_id"].as_i64().expect("record_id"), action)
+            })
+            .collect();
+        let delete = |name: &str, id: i64| (name.to_string(), id, "delete".to_string());
+        assert_eq!(
+            seen,
+            [
+                delete("users | Membership", m),
+                delete("research_products | Grant", g),
+                delete("research_products | Publication", p),
+                delete("users | Team", team),
+            ],
+            "{backend:?}: {log}"
+        );
+        let gone = |v: &str| json!([v, "None"]);
+        assert_eq!(
+            entries[0]["changes"],
+            json!({"id": gone(&m.to_string()), "role": gone("OW"),
+                   "user": gone(&member.to_string()), "team": gone(&team.to_string())}),
+            "{backend:?}"
+        );
+        assert_eq!(
+            entries[1]["changes"]["amount"],
+            gone("10.00"),
+            "{backend:?}"
+        );
+        assert_eq!(entries[1]["changes"]["title"], gone("Going"), "{backend:?}");
+        assert_eq!(entries[2]["changes"]["journal"], gone("J"), "{backend:?}");
+        // The texts name the records as they were (the team is still there when they are
+        // written).
+        for text in [
+            format!("Membership #{m} - x1 in Team #{team} - Team Two"),
+            format!("Grant #{g} - Going"),
+            format!("Publication #{p} - Paper"),
+        ] {
+            let text: String = url::form_urlencoded::byte_serialize(text.as_bytes()).collect();
+            let found = ok(
+                &w,
+                "STAFF",
+                "GET",
+                &format!("/logs/audit/?action=2&object_repr={text}"),
+                None,
+                200,
+            );
+            assert_eq!(found["count"], 1, "{backend:?}: {text}");
+        }
+    }
+}
+
 fn notify(w: &World, user: i64, kind: &str, subject: &str, read: bool, time: &str) {
     let read = if read { "TRUE" } else { "FALSE" };
     w.site.sql(&format!(

@@ -2,7 +2,7 @@
 //! merged feed, read-only and staff-only, with the shared list conventions.
 
 use super::list::{self as listing, Column, Kind, ListSpec, search, search_via};
-use super::summaries::{render_datetime, render_opt_datetime, users_by_id};
+use super::summaries::{render_datetime, users_by_id};
 use super::{Caller, context, path_id};
 use crate::store::{Db, FetchRow};
 use crate::web::ApiError;
@@ -254,6 +254,8 @@ const FEED_FIELDS: &[&str] = &[
 /// One staff-only log: its list conventions, the columns it reads, its default order and
 /// its representation.
 trait LogView: FetchRow {
+    /// The representation: renders the responses and documents them.
+    type Repr: Serialize + Send;
     const SPEC: ListSpec;
     const FIELDS: &'static [&'static str];
     const DEFAULT_ORDER: &'static [(&'static str, bool)];
@@ -262,120 +264,115 @@ trait LogView: FetchRow {
         db: &Db,
         tz: Tz,
         rows: &[Self],
-    ) -> impl Future<Output = Result<Vec<Value>, ApiError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Self::Repr>, ApiError>> + Send;
 }
 
 impl LogView for RequestRow {
+    type Repr = RequestLogDoc;
     const SPEC: ListSpec = REQUESTS;
     const FIELDS: &'static [&'static str] = REQUEST_FIELDS;
     const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[];
 
-    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<RequestLogDoc>, ApiError> {
         let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
         let users = users_by_id(db, &ids).await?;
         Ok(rows
             .iter()
-            .map(|r| {
-                json!({
-                    "id": r.id,
-                    "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
-                    "method": r.method,
-                    "endpoint": r.endpoint,
-                    "response_code": r.response_code,
-                    "remote_address": r.remote_address,
-                    "timestamp": render_datetime(&r.timestamp, tz),
-                    "cid": r.cid,
-                    "user": r.user_id,
-                })
+            .map(|r| RequestLogDoc {
+                id: r.id,
+                _user: r.user_id.and_then(|u| users.get(&u).cloned()),
+                method: r.method.clone(),
+                endpoint: r.endpoint.clone(),
+                response_code: r.response_code,
+                remote_address: r.remote_address.clone(),
+                timestamp: render_datetime(&r.timestamp, tz),
+                cid: r.cid.clone(),
+                user: r.user_id,
             })
             .collect())
     }
 }
 
 impl LogView for AuditRow {
+    type Repr = AuditLogDoc;
     const SPEC: ListSpec = AUDIT;
     const FIELDS: &'static [&'static str] = AUDIT_FIELDS;
     const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("timestamp", true)];
 
-    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<AuditLogDoc>, ApiError> {
         let ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
         let users = users_by_id(db, &ids).await?;
         Ok(rows
             .iter()
-            .map(|r| {
-                let changes = crate::store::audit::changes_json(r.changes.as_deref());
-                json!({
-                    "id": r.id,
-                    "record_name": r.content_type,
-                    "record_id": r.object_id,
-                    "action": crate::store::audit::action_label(r.action),
-                    "changes": changes,
-                    "cid": r.cid,
-                    "remote_addr": r.remote_addr,
-                    "remote_port": r.remote_port,
-                    "timestamp": render_datetime(&r.timestamp, tz),
-                    "actor": r.actor_id,
-                    "_actor": r.actor_id.and_then(|u| users.get(&u).cloned()),
-                })
+            .map(|r| AuditLogDoc {
+                id: r.id,
+                record_name: r.content_type.clone(),
+                record_id: r.object_id,
+                action: crate::store::audit::action_label(r.action).to_string(),
+                changes: crate::store::audit::changes_json(r.changes.as_deref()),
+                cid: r.cid.clone(),
+                remote_addr: r.remote_addr.clone(),
+                remote_port: r.remote_port,
+                timestamp: render_datetime(&r.timestamp, tz),
+                actor: r.actor_id,
+                _actor: r.actor_id.and_then(|u| users.get(&u).cloned()),
             })
             .collect())
     }
 }
 
 impl LogView for TaskRow {
+    type Repr = TaskResultDoc;
     const SPEC: ListSpec = TASKS;
     const FIELDS: &'static [&'static str] = TASK_FIELDS;
     const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("date_done", true)];
 
-    async fn represent(_db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+    async fn represent(_db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<TaskResultDoc>, ApiError> {
         Ok(rows
             .iter()
-            .map(|r| {
-                json!({
-                    "id": r.id,
-                    "task_id": r.task_id,
-                    "periodic_task_name": r.periodic_task_name,
-                    "task_name": r.task_name,
-                    "task_args": r.task_args,
-                    "task_kwargs": r.task_kwargs,
-                    "status": r.status,
-                    "worker": r.worker,
-                    "content_type": r.content_type,
-                    "content_encoding": r.content_encoding,
-                    "result": r.result,
-                    "date_created": render_datetime(&r.date_created, tz),
-                    "date_started": render_opt_datetime(&r.date_started, tz),
-                    "date_done": render_datetime(&r.date_done, tz),
-                    "traceback": r.traceback,
-                    "meta": r.meta,
-                })
+            .map(|r| TaskResultDoc {
+                id: r.id,
+                task_id: r.task_id.clone(),
+                periodic_task_name: r.periodic_task_name.clone(),
+                task_name: r.task_name.clone(),
+                task_args: r.task_args.clone(),
+                task_kwargs: r.task_kwargs.clone(),
+                status: r.status.clone(),
+                worker: r.worker.clone(),
+                content_type: r.content_type.clone(),
+                content_encoding: r.content_encoding.clone(),
+                result: r.result.clone(),
+                date_created: render_datetime(&r.date_created, tz),
+                date_started: r.date_started.map(|d| render_datetime(&d, tz)),
+                date_done: render_datetime(&r.date_done, tz),
+                traceback: r.traceback.clone(),
+                meta: r.meta.clone(),
             })
             .collect())
     }
 }
 
 impl LogView for FeedRow {
+    type Repr = FeedEntryDoc;
     const SPEC: ListSpec = FEED;
     const FIELDS: &'static [&'static str] = FEED_FIELDS;
     const DEFAULT_ORDER: &'static [(&'static str, bool)] = &[("timestamp", true)];
 
-    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<Value>, ApiError> {
+    async fn represent(db: &Db, tz: Tz, rows: &[Self]) -> Result<Vec<FeedEntryDoc>, ApiError> {
         let ids: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
         let users = users_by_id(db, &ids).await?;
         Ok(rows
             .iter()
-            .map(|r| {
-                json!({
-                    "id": r.id,
-                    "_user": r.user_id.and_then(|u| users.get(&u).cloned()),
-                    "record_id": r.record_id,
-                    "record_type": r.record_type,
-                    "timestamp": render_datetime(&r.timestamp, tz),
-                    "summary": r.summary,
-                    "cid": r.cid,
-                    "status": r.status,
-                    "user": r.user_id,
-                })
+            .map(|r| FeedEntryDoc {
+                id: r.id.clone(),
+                _user: r.user_id.and_then(|u| users.get(&u).cloned()),
+                record_id: r.record_id,
+                record_type: r.record_type.clone(),
+                timestamp: render_datetime(&r.timestamp, tz),
+                summary: r.summary.clone(),
+                cid: r.cid.clone(),
+                status: r.status.clone(),
+                user: r.user_id,
             })
             .collect())
     }
@@ -395,7 +392,12 @@ async fn staff_list<R: LogView>(req: &Request, depot: &Depot) -> Result<Value, A
         R::DEFAULT_ORDER,
     )
     .await?;
-    let results = R::represent(&app.db, app.timezone, &rows).await?;
+    let results = R::represent(&app.db, app.timezone, &rows)
+        .await?
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::Internal)?;
     Ok(page.envelope(results))
 }
 
@@ -417,14 +419,15 @@ async fn staff_item<R: LogView>(
         return Err(ApiError::no_match(model));
     }
     let represented = R::represent(&app.db, app.timezone, &rows).await?;
-    Ok(represented.into_iter().next().unwrap_or(Value::Null))
+    serde_json::to_value(represented.first()).map_err(|_| ApiError::Internal)
 }
 
 #[derive(Serialize, ToSchema)]
 #[salvo(schema(name = "RequestLog"))]
 pub struct RequestLogDoc {
     pub id: i64,
-    pub _user: Option<super::summaries::UserSummaryDoc>,
+    #[salvo(schema(value_type = Option<super::summaries::UserSummaryDoc>))]
+    pub _user: Option<Value>,
     pub method: String,
     pub endpoint: String,
     pub response_code: i32,
@@ -450,13 +453,15 @@ pub struct AuditLogDoc {
     pub record_name: String,
     pub record_id: Option<i64>,
     pub action: String,
-    pub changes: Option<serde_json::Map<String, Value>>,
+    #[salvo(schema(value_type = Option<serde_json::Map<String, Value>>))]
+    pub changes: Value,
     pub cid: Option<String>,
     pub remote_addr: Option<String>,
     pub remote_port: Option<i32>,
     pub timestamp: String,
     pub actor: Option<i64>,
-    pub _actor: Option<super::summaries::UserSummaryDoc>,
+    #[salvo(schema(value_type = Option<super::summaries::UserSummaryDoc>))]
+    pub _actor: Option<Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -502,7 +507,8 @@ pub struct TaskResultPage {
 #[salvo(schema(name = "FeedEntry"))]
 pub struct FeedEntryDoc {
     pub id: String,
-    pub _user: Option<super::summaries::UserSummaryDoc>,
+    #[salvo(schema(value_type = Option<super::summaries::UserSummaryDoc>))]
+    pub _user: Option<Value>,
     pub record_id: i64,
     pub record_type: String,
     pub timestamp: String,
@@ -650,58 +656,33 @@ pub async fn feed(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 
 /// The routes of the log views.
 pub fn routes() -> crate::web::route::Routes {
-    crate::web::route::Routes::new()
+    use crate::web::route::{Endpoint, Routes};
+    // A staff-only read view: GET and HEAD, OPTIONS (403 for non-staff), format suffix.
+    macro_rules! staff_view {
+        ($path:literal, $handler:ident) => {
+            Endpoint::protected($path)
+                .get($handler)
+                .head($handler)
+                .options(staff_options)
+                .format_suffix()
+        };
+    }
+    Routes::new()
         .push(
-            crate::web::route::Endpoint::protected("logs/")
+            Endpoint::protected("logs/")
                 .get(index)
                 .head(index)
                 .options(super::meta("Log Index", ""))
                 .format_suffix(),
         )
+        .push(staff_view!("logs/requests/", requests))
+        .push(staff_view!("logs/requests/{id}/", request))
+        .push(staff_view!("logs/audit/", audit_entries))
+        .push(staff_view!("logs/audit/{id}/", audit_entry))
+        .push(staff_view!("logs/tasks/", tasks))
+        .push(staff_view!("logs/tasks/{id}/", task))
         .push(
-            crate::web::route::Endpoint::protected("logs/requests/")
-                .get(requests)
-                .head(requests)
-                .options(staff_options)
-                .format_suffix(),
-        )
-        .push(
-            crate::web::route::Endpoint::protected("logs/requests/{id}/")
-                .get(request)
-                .head(request)
-                .options(staff_options)
-                .format_suffix(),
-        )
-        .push(
-            crate::web::route::Endpoint::protected("logs/audit/")
-                .get(audit_entries)
-                .head(audit_entries)
-                .options(staff_options)
-                .format_suffix(),
-        )
-        .push(
-            crate::web::route::Endpoint::protected("logs/audit/{id}/")
-                .get(audit_entry)
-                .head(audit_entry)
-                .options(staff_options)
-                .format_suffix(),
-        )
-        .push(
-            crate::web::route::Endpoint::protected("logs/tasks/")
-                .get(tasks)
-                .head(tasks)
-                .options(staff_options)
-                .format_suffix(),
-        )
-        .push(
-            crate::web::route::Endpoint::protected("logs/tasks/{id}/")
-                .get(task)
-                .head(task)
-                .options(staff_options)
-                .format_suffix(),
-        )
-        .push(
-            crate::web::route::Endpoint::protected("logs/feed/")
+            Endpoint::protected("logs/feed/")
                 .get(feed)
                 .head(feed)
                 .options(staff_options),

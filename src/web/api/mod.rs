@@ -5,6 +5,7 @@ pub mod allocations;
 pub mod authentication;
 pub mod batch;
 pub mod body;
+pub mod cascade;
 pub mod choices;
 pub mod client_config;
 pub mod list;

@@ -501,6 +501,33 @@ async fn record<R: Resource>(
     Ok(())
 }
 
+/// Writes the `delete` entries of the records of `R` whose `column` is one of `ids`, in id
+/// order, for a delete elsewhere that the database cascades to them: call it in that delete's
+/// transaction, before the rows go. Returns the records.
+pub async fn audit_deleted<R: Resource>(
+    tx: &mut Tx,
+    ctx: &AuditContext,
+    column: &'static str,
+    ids: &[i64],
+) -> Result<Vec<R::Row>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = select::<R>(tx.engine());
+    q.and_where(Expr::col(Alias::new(column)).is_in(ids.to_vec()))
+        .order_by(Alias::new("id"), sea_query::Order::Asc);
+    let rows: Vec<R::Row> = run_on_tx!(tx, q, |c, sql, values| sqlx::query_as_with(
+        sqlx::AssertSqlSafe(sql),
+        values
+    )
+    .fetch_all(c)
+    .await)?;
+    for row in &rows {
+        record::<R>(tx, ctx, Action::Delete, Some(row), None).await?;
+    }
+    Ok(rows)
+}
+
 async fn list<R: Resource>(
     req: &mut Request,
     depot: &mut Depot,

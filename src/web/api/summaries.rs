@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// ISO 8601; microseconds only when non-zero (then exactly six digits); `Z` for UTC, else the
@@ -34,6 +34,9 @@ pub fn render_opt_datetime(dt: &Option<DateTime<Utc>>, tz: Tz) -> Value {
 
 // The nested summaries as the OpenAPI document names them (the `_x` fields of every
 // representation that embeds them).
+
+// Each is built by the function that renders it (`team_summary`, `user_summary`,
+// `history`), so the body and the document cannot drift apart.
 
 #[derive(Serialize, ToSchema)]
 #[salvo(schema(name = "TeamSummary"))]
@@ -65,8 +68,15 @@ pub struct AuditLogSummaryDoc {
     pub timestamp: String,
     pub action: String,
     pub actor: Option<i64>,
-    pub _actor: Option<UserSummaryDoc>,
-    pub changes: Option<serde_json::Map<String, Value>>,
+    #[salvo(schema(value_type = Option<UserSummaryDoc>))]
+    pub _actor: Value,
+    #[salvo(schema(value_type = Option<serde_json::Map<String, Value>>))]
+    pub changes: Value,
+}
+
+/// A summary as the `Value` the pages embed (serialising these types cannot fail).
+fn value(summary: impl Serialize) -> Value {
+    serde_json::to_value(summary).unwrap_or(Value::Null)
 }
 
 fn non_empty(s: &Option<String>) -> Option<&str> {
@@ -94,16 +104,16 @@ pub fn abbreviation(u: &User) -> String {
 }
 
 pub fn user_summary(u: &User) -> Value {
-    json!({
-        "id": u.id,
-        "username": u.username,
-        "first_name": u.first_name,
-        "last_name": u.last_name,
-        "display_name": display_name(u),
-        "abbreviation": abbreviation(u),
-        "email": u.email,
-        "department": u.department,
-        "role": u.role,
+    value(UserSummaryDoc {
+        id: u.id,
+        username: u.username.clone(),
+        first_name: u.first_name.clone(),
+        last_name: u.last_name.clone(),
+        display_name: display_name(u),
+        abbreviation: abbreviation(u),
+        email: u.email.clone(),
+        department: u.department.clone(),
+        role: u.role.clone(),
     })
 }
 
@@ -147,7 +157,12 @@ pub struct TeamRow {
 }
 
 pub fn team_summary(t: &TeamRow) -> Value {
-    json!({"id": t.id, "slug": t.slug, "name": t.name, "is_active": t.is_active})
+    value(TeamSummaryDoc {
+        id: t.id,
+        slug: t.slug.clone(),
+        name: t.name.clone(),
+        is_active: t.is_active,
+    })
 }
 
 /// TeamSummary objects by id (one query).
@@ -204,19 +219,19 @@ pub async fn history(
         let Some(object_id) = r.object_id else {
             continue;
         };
-        let changes = crate::store::audit::changes_json(r.changes.as_deref());
-        let actor = r
-            .actor_id
-            .and_then(|a| actors.get(&a).cloned())
-            .unwrap_or(Value::Null);
-        out.entry(object_id).or_default().push(json!({
-            "id": r.id,
-            "timestamp": render_datetime(&r.timestamp, tz),
-            "action": crate::store::audit::action_label(r.action),
-            "actor": r.actor_id,
-            "_actor": actor,
-            "changes": changes,
-        }));
+        out.entry(object_id)
+            .or_default()
+            .push(value(AuditLogSummaryDoc {
+                id: r.id,
+                timestamp: render_datetime(&r.timestamp, tz),
+                action: crate::store::audit::action_label(r.action).to_string(),
+                actor: r.actor_id,
+                _actor: r
+                    .actor_id
+                    .and_then(|a| actors.get(&a).cloned())
+                    .unwrap_or(Value::Null),
+                changes: crate::store::audit::changes_json(r.changes.as_deref()),
+            }));
     }
     Ok(out)
 }

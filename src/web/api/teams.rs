@@ -9,10 +9,10 @@ use super::summaries::{self, TeamRow, user_summary};
 use super::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
 use crate::domain::policy;
 use crate::domain::validation::{Text, Validator};
-use crate::store::audit::{self, Action, AuditContext, Snapshot};
+use crate::on_db;
+use crate::store::audit::{Action, AuditContext};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
-use crate::{on_db, on_tx};
 use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
@@ -164,45 +164,6 @@ fn validate_change(body: &Body, partial: bool, team: &TeamRow) -> Result<TeamRow
     Ok(after)
 }
 
-/// Writes delete entries for the memberships a team or user deletion cascades to.
-pub async fn audit_cascaded_memberships(
-    tx: &mut Tx,
-    ctx: &AuditContext,
-    column: &str,
-    id: i64,
-) -> Result<(), ApiError> {
-    let sql = format!(
-        "SELECT m.id, m.role, m.user_id, m.team_id, u.username, t.name FROM users_membership m \
-         JOIN users_user u ON u.id = m.user_id JOIN users_team t ON t.id = m.team_id \
-         WHERE m.{column} = $1 ORDER BY m.id"
-    );
-    let rows: Vec<(i64, String, i64, i64, String, String)> =
-        on_tx!(tx, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(id)
-            .fetch_all(c)
-            .await)?;
-    for (mid, role, user_id, team_id, username, team_name) in rows {
-        let snap: Snapshot = vec![
-            ("id", audit::int(mid)),
-            ("role", Some(role)),
-            ("user", audit::int(user_id)),
-            ("team", audit::int(team_id)),
-        ];
-        let repr = format!("Membership #{mid} - {username} in Team #{team_id} - {team_name}");
-        audit::record(
-            tx,
-            ctx,
-            super::memberships::CONTENT_TYPE,
-            mid,
-            &repr,
-            Action::Delete,
-            audit::changes(Some(&snap), None),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 /// The team resource.
 pub struct Teams;
 
@@ -343,16 +304,7 @@ impl Resource for Teams {
         ctx: &AuditContext,
         team: &TeamRow,
     ) -> Result<Vec<String>, ApiError> {
-        audit_cascaded_memberships(tx, ctx, "team_id", team.id).await?;
-        super::allocations::requests::audit_cascaded_team(tx, ctx, team.id).await?;
-        super::research::audit_cascaded_team(tx, ctx, team.id).await?;
-        let request_ids: Vec<i64> = on_tx!(tx, |c| sqlx::query_scalar(
-            "SELECT id FROM allocations_allocationrequest WHERE team_id = $1"
-        )
-        .bind(team.id)
-        .fetch_all(c)
-        .await)?;
-        super::allocations::attachments::stored_files(tx, &request_ids).await
+        super::cascade::team(tx, ctx, team.id).await
     }
 }
 

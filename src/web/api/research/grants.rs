@@ -4,7 +4,7 @@
 use super::values::{self, amount_text_sql, render_cents};
 use super::{check_body_team, check_record_team, team_exists, team_scope};
 use crate::domain::validation::{Text, Validator};
-use crate::store::audit::{self, Action, Snapshot};
+use crate::store::audit::{self, Action};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::body::Body;
@@ -92,18 +92,6 @@ pub struct GrantRow {
     pub end_date: Option<NaiveDate>,
     pub description: Option<String>,
     pub team_id: i64,
-}
-
-/// A team's grants, amounts as two-decimal text (for the audit of a team deletion).
-pub const SELECT_BY_TEAM_PG: &str = "SELECT id, title, agency, pi, CAST(amount AS TEXT) AS amount, \
-     grant_number, start_date, end_date, description, team_id FROM research_products_grant \
-     WHERE team_id = $1 ORDER BY id";
-pub const SELECT_BY_TEAM_SQLITE: &str = "SELECT id, title, agency, pi, printf('%.2f', amount) AS amount, \
-     grant_number, start_date, end_date, description, team_id FROM research_products_grant \
-     WHERE team_id = $1 ORDER BY id";
-
-pub fn snapshot(g: &GrantRow) -> Snapshot {
-    Grants::snapshot(g)
 }
 
 pub fn repr(g: &GrantRow) -> String {

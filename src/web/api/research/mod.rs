@@ -8,10 +8,9 @@ pub mod values;
 
 use super::Caller;
 use super::body::Body;
-use crate::store::audit::{self, Action, AuditContext};
-use crate::store::{Db, Tx};
+use crate::on_db;
+use crate::store::Db;
 use crate::web::ApiError;
-use crate::{on_db, on_tx};
 use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
 
 /// The routes of this family.
@@ -78,54 +77,4 @@ pub async fn check_record_team(db: &Db, caller: &Caller, team_id: i64) -> Result
     } else {
         Err(ApiError::forbidden())
     }
-}
-
-/// Writes the `delete` entries of the grants and publications a team deletion cascades to.
-/// Call it inside the team deletion's transaction, before the team row is deleted.
-pub async fn audit_cascaded_team(
-    tx: &mut Tx,
-    ctx: &AuditContext,
-    team_id: i64,
-) -> Result<(), ApiError> {
-    let sql = match tx.engine() {
-        crate::config::Engine::Postgres => grants::SELECT_BY_TEAM_PG,
-        crate::config::Engine::Sqlite => grants::SELECT_BY_TEAM_SQLITE,
-    };
-    let grants: Vec<grants::GrantRow> = crate::on_tx!(tx, |conn| {
-        sqlx::query_as(sql).bind(team_id).fetch_all(conn).await?
-    });
-    for g in &grants {
-        audit::record(
-            tx,
-            ctx,
-            grants::CONTENT_TYPE,
-            g.id,
-            &grants::repr(g),
-            Action::Delete,
-            audit::changes(Some(&grants::snapshot(g)), None),
-        )
-        .await?;
-    }
-    let publications: Vec<publications::PublicationRow> = on_tx!(tx, |c| {
-        sqlx::query_as(
-        "SELECT id, title, abstract, published, submitted, journal, doi, volume, issue, team_id \
-         FROM research_products_publication WHERE team_id = $1 ORDER BY id"
-    )
-    .bind(team_id)
-    .fetch_all(c)
-    .await
-    })?;
-    for p in &publications {
-        audit::record(
-            tx,
-            ctx,
-            publications::CONTENT_TYPE,
-            p.id,
-            &publications::repr(p),
-            Action::Delete,
-            audit::changes(Some(&publications::snapshot(p)), None),
-        )
-        .await?;
-    }
-    Ok(())
 }

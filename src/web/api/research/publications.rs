@@ -4,7 +4,7 @@ use super::values;
 use super::{check_body_team, check_record_team, team_exists, team_scope};
 use crate::domain::validation::{Text, Validator};
 use crate::on_db;
-use crate::store::audit::{self, Action, Snapshot};
+use crate::store::audit::{self, Action};
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::body::Body;
@@ -93,10 +93,6 @@ pub struct PublicationRow {
 
 fn date_text(d: &Option<NaiveDate>) -> Option<String> {
     d.map(|d| d.format("%Y-%m-%d").to_string())
-}
-
-pub fn snapshot(p: &PublicationRow) -> Snapshot {
-    Publications::snapshot(p)
 }
 
 pub fn repr(p: &PublicationRow) -> String {

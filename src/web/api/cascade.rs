@@ -1,0 +1,30 @@
+//! What a delete takes with it: the records that hang on a team, which the database deletes
+//! by cascade with it, each given its own `delete` entry in the audit trail (in the order
+//! upstream writes them, children before their parent), and the stored files to remove once
+//! the delete is committed. Resources never import each other: this is the one place that
+//! knows which records hang on which.
+
+use super::allocations::{attachments, requests};
+use super::memberships::Memberships;
+use super::research::{grants::Grants, publications::Publications};
+use super::resource::audit_deleted;
+use crate::on_tx;
+use crate::store::Tx;
+use crate::store::audit::AuditContext;
+use crate::web::ApiError;
+
+/// A team's memberships, allocation requests (with what hangs on them), grants and
+/// publications. Returns the stored files of the requests' attachments.
+pub async fn team(tx: &mut Tx, ctx: &AuditContext, team_id: i64) -> Result<Vec<String>, ApiError> {
+    audit_deleted::<Memberships>(tx, ctx, "team_id", &[team_id]).await?;
+    requests::audit_cascaded_team(tx, ctx, team_id).await?;
+    audit_deleted::<Grants>(tx, ctx, "team_id", &[team_id]).await?;
+    audit_deleted::<Publications>(tx, ctx, "team_id", &[team_id]).await?;
+    let request_ids: Vec<i64> = on_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT id FROM allocations_allocationrequest WHERE team_id = $1"
+    )
+    .bind(team_id)
+    .fetch_all(c)
+    .await)?;
+    attachments::stored_files(tx, &request_ids).await
+}
