@@ -341,9 +341,10 @@ pub trait Resource: Send + Sync + Sized + 'static {
         None
     }
 
-    /// The request body schemas (PUT/POST, PATCH) when the resource documents them as
-    /// types; otherwise the document takes them from `openapi::request_bodies`.
-    fn request_body(_components: &mut Components, _patch: bool) -> Option<RefOr<Schema>> {
+    /// The request body schema of POST and PUT when the resource documents it as a type
+    /// (PATCH takes its `Patched` variant, see [`patched`]); otherwise the document takes it
+    /// from `openapi::request_bodies`.
+    fn request_body(_components: &mut Components) -> Option<RefOr<Schema>> {
         None
     }
 
@@ -873,8 +874,13 @@ pub fn endpoint<R: Resource, const OP: u8>() -> Documented {
         );
     }
     if matches!(op, Op::Create | Op::Update | Op::PartialUpdate)
-        && let Some(schema) = R::request_body(&mut components, op == Op::PartialUpdate)
+        && let Some(schema) = R::request_body(&mut components)
     {
+        let schema = if op == Op::PartialUpdate {
+            patched(&mut components, schema)
+        } else {
+            schema
+        };
         operation = operation.request_body(
             RequestBody::new()
                 .add_content("application/json", json_content(schema))
@@ -958,6 +964,33 @@ impl<R: Resource, const OP: u8> DocumentedHandler for Handle<R, OP> {
 
 pub fn documented<H: DocumentedHandler>() -> Documented {
     H::documented()
+}
+
+/// The `Patched<Name>` variant of the registered request schema `schema` refers to: the same
+/// fields, none of them required (a PATCH sends only what it changes), as upstream documents
+/// partial updates.
+pub fn patched(components: &mut Components, schema: RefOr<Schema>) -> RefOr<Schema> {
+    let RefOr::Ref(reference) = &schema else {
+        return schema;
+    };
+    let Some(name) = reference
+        .ref_location
+        .rsplit('/')
+        .next()
+        .map(str::to_string)
+    else {
+        return schema;
+    };
+    let Some(RefOr::Type(Schema::Object(object))) = components.schemas.0.get(&name).cloned() else {
+        return schema;
+    };
+    let mut object = *object;
+    object.required.clear();
+    let name = format!("Patched{name}");
+    components
+        .schemas
+        .insert(name.clone(), RefOr::Type(Schema::Object(Box::new(object))));
+    RefOr::Ref(salvo::oapi::Ref::from_schema_name(name))
 }
 
 /// A request schema as a reference, registering it (for `Resource::request_body`).

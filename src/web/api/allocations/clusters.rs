@@ -93,24 +93,6 @@ pub struct ClusterRequestDoc {
     pub access_teams: Vec<i64>,
 }
 
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PatchedClusterRequest"))]
-pub struct PatchedClusterRequestDoc {
-    #[salvo(schema(min_length = 1, max_length = 50, required = false))]
-    pub name: String,
-    #[salvo(schema(max_length = 150))]
-    pub description: Option<String>,
-    #[salvo(schema(required = false))]
-    pub enabled: bool,
-    /// * `WL` - Whitelist
-    /// * `BL` - Blacklist
-    /// * `OP` - Open
-    #[salvo(schema(required = false))]
-    pub access_mode: String,
-    #[salvo(schema(required = false))]
-    pub access_teams: Vec<i64>,
-}
-
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ClusterRow {
     pub id: i64,
@@ -458,11 +440,7 @@ impl Resource for Clusters {
         Some(blocked())
     }
 
-    fn request_body(components: &mut Components, patch: bool) -> Option<RefOr<Schema>> {
-        Some(if patch {
-            PatchedClusterRequestDoc::to_schema(components)
-        } else {
-            ClusterRequestDoc::to_schema(components)
-        })
+    fn request_body(components: &mut Components) -> Option<RefOr<Schema>> {
+        Some(ClusterRequestDoc::to_schema(components))
     }
 }

@@ -93,21 +93,6 @@ pub struct ResourceAllocationRequestDoc {
     pub request: i64,
 }
 
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PatchedResourceAllocationRequest"))]
-pub struct PatchedResourceAllocationRequestDoc {
-    #[salvo(schema(minimum = 0, maximum = 2147483647, required = false))]
-    pub requested: i64,
-    #[salvo(schema(minimum = 0, maximum = 2147483647))]
-    pub awarded: Option<i64>,
-    #[salvo(schema(minimum = 0, maximum = 2147483647))]
-    pub r#final: Option<i64>,
-    #[salvo(schema(required = false))]
-    pub cluster: i64,
-    #[salvo(schema(required = false))]
-    pub request: i64,
-}
-
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AllocationRow {
     pub id: i64,
@@ -474,11 +459,7 @@ impl Resource for ResourceAllocations {
         Ok(())
     }
 
-    fn request_body(components: &mut Components, patch: bool) -> Option<RefOr<Schema>> {
-        Some(if patch {
-            PatchedResourceAllocationRequestDoc::to_schema(components)
-        } else {
-            ResourceAllocationRequestDoc::to_schema(components)
-        })
+    fn request_body(components: &mut Components) -> Option<RefOr<Schema>> {
+        Some(ResourceAllocationRequestDoc::to_schema(components))
     }
 }

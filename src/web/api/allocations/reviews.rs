@@ -89,20 +89,6 @@ pub struct AllocationReviewRequestDoc {
     pub reviewer: i64,
 }
 
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PatchedAllocationReviewRequest"))]
-pub struct PatchedAllocationReviewRequestDoc {
-    /// * `AP` - Approved
-    /// * `DC` - Declined
-    /// * `CR` - Changes Requested
-    #[salvo(schema(required = false))]
-    pub status: String,
-    #[salvo(schema(required = false))]
-    pub request: i64,
-    #[salvo(schema(required = false))]
-    pub reviewer: i64,
-}
-
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ReviewRow {
     pub id: i64,
@@ -312,11 +298,7 @@ impl Resource for Reviews {
         }
     }
 
-    fn request_body(components: &mut Components, patch: bool) -> Option<RefOr<Schema>> {
-        Some(if patch {
-            PatchedAllocationReviewRequestDoc::to_schema(components)
-        } else {
-            AllocationReviewRequestDoc::to_schema(components)
-        })
+    fn request_body(components: &mut Components) -> Option<RefOr<Schema>> {
+        Some(AllocationReviewRequestDoc::to_schema(components))
     }
 }
