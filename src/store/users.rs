@@ -68,6 +68,29 @@ pub struct User {
     pub last_login: Option<chrono::DateTime<Utc>>,
 }
 
+impl User {
+    /// A new active account as a create starts it (upstream's model defaults): no password,
+    /// names or flags yet, joined now; not stored (id 0).
+    pub fn new(username: &str) -> User {
+        User {
+            id: 0,
+            username: username.to_string(),
+            password: String::new(),
+            first_name: None,
+            last_name: None,
+            email: None,
+            department: None,
+            role: None,
+            is_active: true,
+            is_staff: false,
+            is_superuser: false,
+            is_ldap_user: false,
+            date_joined: Utc::now(),
+            last_login: None,
+        }
+    }
+}
+
 pub const USER_COLUMNS: &str = "id, username, password, first_name, last_name, email, department, role, \
      is_active, is_staff, is_superuser, is_ldap_user, date_joined, last_login";
 

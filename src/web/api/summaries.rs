@@ -243,19 +243,9 @@ mod tests {
     fn user(first: Option<&str>, last: Option<&str>, username: &str) -> User {
         User {
             id: 1,
-            username: username.into(),
-            password: String::new(),
             first_name: first.map(str::to_string),
             last_name: last.map(str::to_string),
-            email: None,
-            department: None,
-            role: None,
-            is_active: true,
-            is_staff: false,
-            is_superuser: false,
-            is_ldap_user: false,
-            date_joined: Utc::now(),
-            last_login: None,
+            ..User::new(username)
         }
     }
 

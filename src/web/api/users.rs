@@ -200,22 +200,7 @@ async fn validate(
 async fn apply(c: Changes, existing: Option<&User>) -> Result<User, ApiError> {
     let mut after = match existing {
         Some(user) => user.clone(),
-        None => User {
-            id: 0,
-            username: String::new(),
-            password: String::new(),
-            first_name: None,
-            last_name: None,
-            email: None,
-            department: None,
-            role: None,
-            is_active: true,
-            is_staff: false,
-            is_superuser: false,
-            is_ldap_user: false,
-            date_joined: chrono::Utc::now(),
-            last_login: None,
-        },
+        None => User::new(""),
     };
     if let Some(u) = c.username {
         after.username = u;
