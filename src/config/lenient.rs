@@ -41,6 +41,40 @@ pub fn split_list(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A setting's type with its lenient reading: the deserializer of this module that fits it.
+/// [`value`] reads any of them, so a settings field needs no per-type attribute.
+pub trait Lenient: Sized {
+    fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
+}
+
+/// The lenient reading of a setting of type `T` (`#[serde(deserialize_with = ...)]`).
+pub fn value<'de, D: Deserializer<'de>, T: Lenient>(d: D) -> Result<T, D::Error> {
+    T::read(d)
+}
+
+macro_rules! lenient {
+    ($($t:ty => $read:expr),* $(,)?) => {
+        $(impl Lenient for $t {
+            fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $read(d)
+            }
+        })*
+    };
+}
+
+lenient! {
+    bool => bool,
+    i64 => int,
+    f64 => float,
+    u16 => uint,
+    u32 => uint,
+    u64 => uint,
+    String => string,
+    Option<String> => opt_string,
+    Vec<String> => list,
+    BTreeMap<String, String> => map,
+}
+
 pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     struct V;
     impl Visitor<'_> for V {
