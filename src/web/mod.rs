@@ -100,6 +100,15 @@ impl ApiError {
         ApiError::Forbidden(NO_PERMISSION.into())
     }
 
+    /// `Ok` when the caller is `allowed`, else 403 (the object- and view-level rules).
+    pub fn forbidden_unless(allowed: bool) -> Result<(), ApiError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+
     pub fn not_found() -> Self {
         ApiError::NotFound("Not found.".into())
     }

@@ -17,11 +17,7 @@ use serde_json::{Value, json};
 
 /// Staff only for reading; writes are 405 by routing (after authentication).
 fn require_staff(caller: &Caller) -> Result<(), ApiError> {
-    if caller.is_staff() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
+    ApiError::forbidden_unless(caller.is_staff())
 }
 
 const USER_HOPS: &[(&str, &str)] = &[("user_id", "users_user")];

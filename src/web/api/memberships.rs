@@ -142,11 +142,7 @@ async fn check_write(
     if !team_active(db, m.team_id).await?.unwrap_or(false) {
         return Err(ApiError::forbidden());
     }
-    if crate::store::teams::is_privileged(db, me.id, m.team_id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
+    ApiError::forbidden_unless(crate::store::teams::is_privileged(db, me.id, m.team_id).await?)
 }
 
 async fn repr(tx: &mut Tx, m: &MembershipRow) -> Result<String, ApiError> {

@@ -154,6 +154,9 @@ pub struct Policy {
     pub create: Who,
     pub change: Who,
     pub delete: Who,
+    /// Who may change or delete a record they can see: checked after the record (404) and
+    /// its object rule (403), before `check_write`.
+    pub record_write: Who,
     /// Whether item writes read the body and run `check_body` before looking up the record
     /// (a view-level permission that inspects the body: research records). Destroy then reads
     /// the body too. Otherwise the record comes first and destroy reads no body.
@@ -167,6 +170,7 @@ impl Policy {
         create: Who::Anyone,
         change: Who::Anyone,
         delete: Who::Anyone,
+        record_write: Who::Anyone,
         body_first: false,
     };
 
@@ -181,7 +185,16 @@ impl Policy {
         create: Who::Staff,
         change: Who::Staff,
         delete: Who::Staff,
+        record_write: Who::Anyone,
         body_first: false,
+    };
+
+    /// Members (as `check_record` decides) read; staff alone create (refused up front) and
+    /// change or delete (refused once the record is found: 404 before 403).
+    pub const STAFF_WRITES_AFTER_RECORD: Policy = Policy {
+        create: Who::Staff,
+        record_write: Who::Staff,
+        ..Policy::OPEN
     };
 }
 
@@ -408,10 +421,7 @@ pub async fn represent_one<R: Resource>(
 }
 
 fn gate(who: Who, caller: &Caller) -> Result<(), ApiError> {
-    match who {
-        Who::Staff if !caller.is_staff() => Err(ApiError::forbidden()),
-        _ => Ok(()),
-    }
+    ApiError::forbidden_unless(who == Who::Anyone || caller.is_staff())
 }
 
 /// Builds a write for the tx's backend and runs it: `(sql, values)` per backend.
@@ -584,6 +594,7 @@ async fn writable<R: Resource>(
     action: Action,
 ) -> Result<R::Row, ApiError> {
     let row = accessible::<R>(db, caller, req).await?;
+    gate(R::POLICY.record_write, caller)?;
     R::check_write(db, caller, &row, action).await?;
     Ok(row)
 }

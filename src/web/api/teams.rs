@@ -289,12 +289,10 @@ impl Resource for Teams {
         row: &TeamRow,
         _action: Action,
     ) -> Result<(), ApiError> {
-        if !caller.is_staff()
-            && !crate::store::teams::is_privileged(db, caller.id(), row.id).await?
-        {
-            return Err(ApiError::forbidden());
-        }
-        Ok(())
+        ApiError::forbidden_unless(
+            caller.is_staff()
+                || crate::store::teams::is_privileged(db, caller.id(), row.id).await?,
+        )
     }
 
     /// The team's memberships, allocation requests (with what hangs on them) and research

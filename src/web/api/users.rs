@@ -610,9 +610,7 @@ impl Resource for Users {
         row: &User,
         action: Action,
     ) -> Result<(), ApiError> {
-        if !caller.is_staff() && caller.id() != row.id {
-            return Err(ApiError::forbidden());
-        }
+        ApiError::forbidden_unless(caller.is_staff() || caller.id() == row.id)?;
         if action == Action::Delete {
             let blockers = protected_references(db, row.id).await?;
             if !blockers.is_empty() {

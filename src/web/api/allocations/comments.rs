@@ -99,11 +99,9 @@ fn scope(q: &mut SelectStatement, caller: &Caller) {
 /// The rule of every item method (reads and writes alike): staff, or a member of the
 /// request's team when the comment is public (403).
 async fn check_visible(db: &Db, caller: &Caller, c: &CommentRow) -> Result<(), ApiError> {
-    if caller.is_staff() || (!c.private && super::sees_request(db, caller, c.request_id).await?) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
+    ApiError::forbidden_unless(
+        caller.is_staff() || (!c.private && super::sees_request(db, caller, c.request_id).await?),
+    )
 }
 
 /// View-level rule: non-staff must be a member of the body request's team. On create a
@@ -125,11 +123,7 @@ async fn check_body_request(
     };
     // ⚑ Upstream lets a member move a comment to any team's request; Keystone requires
     // membership in the new request's team too (domain.md §7.7).
-    if is_member_or_staff(db, caller, r.team_id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
+    ApiError::forbidden_unless(is_member_or_staff(db, caller, r.team_id).await?)
 }
 
 async fn repr(tx: &mut Tx, c: &CommentRow) -> Result<String, ApiError> {

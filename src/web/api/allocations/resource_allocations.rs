@@ -13,7 +13,7 @@ use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::{self, Body};
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
 use crate::web::api::summaries::AuditLogSummaryDoc;
 use chrono_tz::Tz;
 use salvo::oapi::{Components, RefOr, Schema, ToSchema};
@@ -325,9 +325,12 @@ impl Resource for ResourceAllocations {
     const MODEL: &'static str = MODEL;
     const FIELDS: &'static [Field<AllocationRow>] = &FIELDS;
     const SPEC: ListSpec = SPEC;
-    /// Creates follow `may_create` (`check_body`); item writes are staff-only after the
-    /// record is found (`check_write`: 404 before 403).
-    const POLICY: Policy = Policy::OPEN;
+    /// Creates follow `may_create` (`check_body`); item writes are staff-only once the
+    /// record is found (404 before 403).
+    const POLICY: Policy = Policy {
+        record_write: Who::Staff,
+        ..Policy::OPEN
+    };
     const DOCS: Docs = Docs {
         tag: "Allocations - Allocated Resources",
         id: "A unique integer value identifying this resource allocation.",
@@ -422,25 +425,7 @@ impl Resource for ResourceAllocations {
 
     /// Members of the request's team (staff: any).
     async fn check_record(db: &Db, caller: &Caller, row: &AllocationRow) -> Result<(), ApiError> {
-        if super::sees_request(db, caller, row.request_id).await? {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
-        }
-    }
-
-    /// Staff only.
-    async fn check_write(
-        _db: &Db,
-        caller: &Caller,
-        _row: &AllocationRow,
-        _action: Action,
-    ) -> Result<(), ApiError> {
-        if caller.is_staff() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
-        }
+        ApiError::forbidden_unless(super::sees_request(db, caller, row.request_id).await?)
     }
 
     /// A non-staff create must pass `may_create`, before validation.

@@ -5,13 +5,13 @@
 use super::requests::{self, AllocationRequestSummaryDoc, invalid_pk};
 use crate::domain::validation::Validator;
 use crate::on_tx;
-use crate::store::audit::{Action, Snapshot};
+use crate::store::audit::Snapshot;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Write};
 use crate::web::api::summaries::{self, render_datetime};
 use crate::web::api::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
 use chrono::{DateTime, Utc};
@@ -184,12 +184,7 @@ impl Resource for Reviews {
     const MODEL: &'static str = MODEL;
     const FIELDS: &'static [Field<ReviewRow>] = &FIELDS;
     const SPEC: ListSpec = SPEC;
-    /// Staff write. Create is gated up front; item writes look the record up first (404)
-    /// and refuse non-staff in `check_write` (403).
-    const POLICY: Policy = Policy {
-        create: Who::Staff,
-        ..Policy::OPEN
-    };
+    const POLICY: Policy = Policy::STAFF_WRITES_AFTER_RECORD;
     const DOCS: Docs = Docs {
         tag: "Allocations - Reviews",
         id: "A unique integer value identifying this allocation review.",
@@ -278,24 +273,7 @@ impl Resource for Reviews {
 
     /// Read access: staff, or a member of the request's team (403).
     async fn check_record(db: &Db, caller: &Caller, row: &ReviewRow) -> Result<(), ApiError> {
-        if super::sees_request(db, caller, row.request_id).await? {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
-        }
-    }
-
-    async fn check_write(
-        _db: &Db,
-        caller: &Caller,
-        _row: &ReviewRow,
-        _action: Action,
-    ) -> Result<(), ApiError> {
-        if caller.is_staff() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
-        }
+        ApiError::forbidden_unless(super::sees_request(db, caller, row.request_id).await?)
     }
 
     fn request_body(components: &mut Components) -> Option<RefOr<Schema>> {

@@ -231,9 +231,6 @@ impl Resource for Notifications {
         caller: &Caller,
         row: &NotificationRow,
     ) -> Result<(), ApiError> {
-        if row.user_id != caller.id() {
-            return Err(ApiError::forbidden());
-        }
-        Ok(())
+        ApiError::forbidden_unless(row.user_id == caller.id())
     }
 }

@@ -292,10 +292,7 @@ impl Resource for Preferences {
 
     /// The owner or staff (403).
     async fn check_record(_db: &Db, caller: &Caller, row: &PreferenceRow) -> Result<(), ApiError> {
-        if !caller.is_staff() && row.user_id != caller.id() {
-            return Err(ApiError::forbidden());
-        }
-        Ok(())
+        ApiError::forbidden_unless(caller.is_staff() || row.user_id == caller.id())
     }
 
     /// A concurrent creation for the same user surfaces as the same field error.

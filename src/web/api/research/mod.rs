@@ -72,9 +72,7 @@ pub async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<()
 /// Object-level rule: staff, or a member of the record's current team (403 otherwise).
 pub async fn check_record_team(db: &Db, caller: &Caller, team_id: i64) -> Result<(), ApiError> {
     let me = &caller.user;
-    if me.is_staff || crate::store::teams::is_member(db, me.id, team_id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
+    ApiError::forbidden_unless(
+        me.is_staff || crate::store::teams::is_member(db, me.id, team_id).await?,
+    )
 }
