@@ -4,6 +4,27 @@ use crate::domain::policy::Role;
 use crate::on_db;
 use crate::store::{Db, DbError};
 
+/// `SELECT team_id FROM users_membership WHERE user_id = <id>`: every team the user holds a
+/// membership in (any role, active or not), as a subquery for list scopes.
+pub fn of_user(user_id: i64) -> sea_query::SelectStatement {
+    use sea_query::{Alias, Expr, ExprTrait, Query};
+    let mut q = Query::select();
+    q.column(Alias::new("team_id"))
+        .from(Alias::new("users_membership"))
+        .and_where(Expr::col(Alias::new("user_id")).eq(user_id));
+    q
+}
+
+/// Whether a team is active; `None` when it does not exist.
+pub async fn active(db: &Db, team_id: i64) -> Result<Option<bool>, DbError> {
+    Ok(on_db!(db, |p| sqlx::query_scalar::<_, bool>(
+        "SELECT is_active FROM users_team WHERE id = $1"
+    )
+    .bind(team_id)
+    .fetch_optional(p)
+    .await)?)
+}
+
 /// The user's role code in a team (`MB`, `AD`, `OW`), if a member.
 pub async fn role_in(db: &Db, user_id: i64, team_id: i64) -> Result<Option<String>, DbError> {
     Ok(on_db!(db, |p| sqlx::query_scalar::<_, String>(

@@ -94,6 +94,16 @@ impl User {
 pub const USER_COLUMNS: &str = "id, username, password, first_name, last_name, email, department, role, \
      is_active, is_staff, is_superuser, is_ldap_user, date_joined, last_login";
 
+/// Whether an account is active; `None` when it does not exist.
+pub async fn active(db: &Db, id: i64) -> Result<Option<bool>, DbError> {
+    Ok(on_db!(db, |p| sqlx::query_scalar::<_, bool>(
+        "SELECT is_active FROM users_user WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(p)
+    .await)?)
+}
+
 pub async fn by_id(db: &Db, id: i64) -> Result<Option<User>, DbError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users_user WHERE id = $1");
     Ok(on_db!(db, |p| sqlx::query_as::<_, User>(

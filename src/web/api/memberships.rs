@@ -69,25 +69,6 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     }
 }
 
-/// Whether a team is active, `None` when it does not exist.
-async fn team_active(db: &Db, team_id: i64) -> Result<Option<bool>, ApiError> {
-    Ok(on_db!(db, |p| sqlx::query_scalar::<_, bool>(
-        "SELECT is_active FROM users_team WHERE id = $1"
-    )
-    .bind(team_id)
-    .fetch_optional(p)
-    .await)?)
-}
-
-async fn user_active(db: &Db, user_id: i64) -> Result<Option<bool>, ApiError> {
-    Ok(on_db!(db, |p| sqlx::query_scalar::<_, bool>(
-        "SELECT is_active FROM users_user WHERE id = $1"
-    )
-    .bind(user_id)
-    .fetch_optional(p)
-    .await)?)
-}
-
 /// The view-level rule: a non-staff body naming an existing team needs privileged
 /// membership in that team (403); an absent or unknown team passes to validation.
 async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<(), ApiError> {
@@ -104,7 +85,7 @@ async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<(), Ap
             "Incorrect type. Expected pk value, received str.",
         ));
     };
-    if team_active(db, team_id).await?.is_some()
+    if crate::store::teams::active(db, team_id).await?.is_some()
         && !crate::store::teams::is_privileged(db, me.id, team_id).await?
     {
         return Err(ApiError::forbidden());
@@ -115,8 +96,12 @@ async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<(), Ap
 /// An item within the caller's visibility (404 otherwise).
 async fn check_visible(db: &Db, caller: &Caller, m: &MembershipRow) -> Result<(), ApiError> {
     if !caller.is_staff() {
-        let team_ok = team_active(db, m.team_id).await?.unwrap_or(false);
-        let user_ok = user_active(db, m.user_id).await?.unwrap_or(false);
+        let team_ok = crate::store::teams::active(db, m.team_id)
+            .await?
+            .unwrap_or(false);
+        let user_ok = crate::store::users::active(db, m.user_id)
+            .await?
+            .unwrap_or(false);
         if !crate::domain::policy::membership_visible(team_ok, user_ok) {
             return Err(ApiError::no_match(MODEL));
         }
@@ -139,7 +124,10 @@ async fn check_write(
     if me.is_staff {
         return Ok(());
     }
-    if !team_active(db, m.team_id).await?.unwrap_or(false) {
+    if !crate::store::teams::active(db, m.team_id)
+        .await?
+        .unwrap_or(false)
+    {
         return Err(ApiError::forbidden());
     }
     ApiError::forbidden_unless(crate::store::teams::is_privileged(db, me.id, m.team_id).await?)
@@ -176,7 +164,7 @@ async fn validate(
     let user = v.pk("user", true);
     let team = v.pk("team", true);
     if let Some(u) = user
-        && user_active(db, u).await?.is_none()
+        && crate::store::users::active(db, u).await?.is_none()
     {
         v.error(
             "user",
@@ -184,7 +172,7 @@ async fn validate(
         );
     }
     if let Some(t) = team {
-        match team_active(db, t).await? {
+        match crate::store::teams::active(db, t).await? {
             None => v.error(
                 "team",
                 format!("Invalid pk \"{t}\" - object does not exist."),

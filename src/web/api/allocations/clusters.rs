@@ -102,16 +102,6 @@ pub struct ClusterRow {
     pub access_mode: String,
 }
 
-/// `SELECT team_id FROM users_membership WHERE user_id = <id>`: every team the user has a
-/// membership row in (active or not).
-pub fn teams_of(user_id: i64) -> sea_query::SelectStatement {
-    let mut q = Query::select();
-    q.column(Alias::new("team_id"))
-        .from(Alias::new("users_membership"))
-        .and_where(Expr::col(Alias::new("user_id")).eq(user_id));
-    q
-}
-
 /// Non-staff list visibility: open clusters, whitelists naming one of the caller's teams,
 /// blacklists naming none of them.
 fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
@@ -123,7 +113,9 @@ fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
         let mut sub = Query::select();
         sub.column(Alias::new("cluster_id"))
             .from(Alias::new("allocations_cluster_access_teams"))
-            .and_where(Expr::col(Alias::new("team_id")).in_subquery(teams_of(me)));
+            .and_where(
+                Expr::col(Alias::new("team_id")).in_subquery(crate::store::teams::of_user(me)),
+            );
         sub
     };
     let mode = |m: &str| Expr::col(Alias::new("access_mode")).eq(m);

@@ -4,7 +4,7 @@
 //! helpers the other team-scoped allocation resources share: the membership scope, request
 //! summaries, date parsing, and the audit entries of cascading deletes.
 
-use super::clusters::{self, first_missing, teams_of};
+use super::clusters::{self, first_missing};
 use crate::config::Engine;
 use crate::domain::validation::{Text, Validator, pk_value};
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
@@ -295,14 +295,18 @@ pub fn scope_via_request(q: &mut sea_query::SelectStatement, caller: &Caller, co
     requests
         .column(Alias::new("id"))
         .from(Alias::new(TABLE))
-        .and_where(Expr::col(Alias::new("team_id")).in_subquery(teams_of(caller.id())));
+        .and_where(
+            Expr::col(Alias::new("team_id")).in_subquery(crate::store::teams::of_user(caller.id())),
+        );
     q.and_where(Expr::col(Alias::new(column)).in_subquery(requests));
 }
 
 /// Non-staff list visibility of requests: those of the caller's teams.
 fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
-        q.and_where(Expr::col(Alias::new("team_id")).in_subquery(teams_of(caller.id())));
+        q.and_where(
+            Expr::col(Alias::new("team_id")).in_subquery(crate::store::teams::of_user(caller.id())),
+        );
     }
 }
 

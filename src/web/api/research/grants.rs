@@ -2,7 +2,7 @@
 //! decimals carried as cents and rendered as strings with two places.
 
 use super::values::{self, amount_text_sql, render_cents};
-use super::{check_body_team, check_record_team, team_exists, team_scope};
+use super::{check_body_team, check_record_team, team_scope};
 use crate::domain::validation::{Text, Validator};
 use crate::store::audit::{self, Action};
 use crate::store::{Db, Tx};
@@ -120,7 +120,7 @@ async fn validate(
     let description = v.text("description", Text::optional(usize::MAX));
     let team = v.pk("team", true);
     if let Some(t) = team
-        && !team_exists(db, t).await?
+        && crate::store::teams::active(db, t).await?.is_none()
     {
         v.error(
             "team",

@@ -8,10 +8,9 @@ pub mod values;
 
 use super::Caller;
 use super::body::Body;
-use crate::on_db;
 use crate::store::Db;
 use crate::web::ApiError;
-use sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
+use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
 
 /// The routes of this family.
 pub fn routes() -> crate::web::route::Routes {
@@ -20,32 +19,12 @@ pub fn routes() -> crate::web::route::Routes {
         .push(super::resource::routes::<publications::Publications>())
 }
 
-/// The ids of the teams `user_id` holds a membership in (any role, active or not), as a
-/// subquery.
-pub fn teams_of(user_id: i64) -> SelectStatement {
-    let mut mine = Query::select();
-    mine.column(Alias::new("team_id"))
-        .from(Alias::new("users_membership"))
-        .and_where(Expr::col(Alias::new("user_id")).eq(user_id));
-    mine
-}
-
 /// List and stats scope of team-owned records: non-staff see the rows of their teams.
 pub fn team_scope(q: &mut SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
         let me = caller.id();
-        q.and_where(Expr::col(Alias::new("team_id")).in_subquery(teams_of(me)));
+        q.and_where(Expr::col(Alias::new("team_id")).in_subquery(crate::store::teams::of_user(me)));
     }
-}
-
-pub async fn team_exists(db: &Db, team_id: i64) -> Result<bool, ApiError> {
-    let n: i64 = on_db!(db, |p| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM users_team WHERE id = $1"
-    )
-    .bind(team_id)
-    .fetch_one(p)
-    .await)?;
-    Ok(n > 0)
 }
 
 /// View-level rule: a non-staff body naming an existing team needs membership in it (403).
@@ -61,7 +40,7 @@ pub async fn check_body_team(db: &Db, caller: &Caller, body: &Body) -> Result<()
     let Ok(team_id) = crate::domain::validation::pk_value(raw) else {
         return Ok(());
     };
-    if team_exists(db, team_id).await?
+    if crate::store::teams::active(db, team_id).await?.is_some()
         && !crate::store::teams::is_member(db, me.id, team_id).await?
     {
         return Err(ApiError::forbidden());

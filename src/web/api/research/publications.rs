@@ -1,7 +1,7 @@
 //! `/research/publications/` (domain.md §8.2): a team's publications, drafts to accepted.
 
 use super::values;
-use super::{check_body_team, check_record_team, team_exists, team_scope};
+use super::{check_body_team, check_record_team, team_scope};
 use crate::domain::validation::{Text, Validator};
 use crate::on_db;
 use crate::store::audit::{self, Action};
@@ -136,7 +136,7 @@ async fn validate(
         v.error("doi", DOI_TAKEN);
     }
     if let Some(t) = team
-        && !team_exists(db, t).await?
+        && crate::store::teams::active(db, t).await?.is_none()
     {
         v.error(
             "team",
