@@ -439,6 +439,18 @@ macro_rules! on_backend {
     };
 }
 
+/// The `is_active` flag of row `id` of `table` (a table name of this crate, never input);
+/// `None` when there is no such row.
+pub async fn is_active(db: &Db, table: &'static str, id: i64) -> Result<Option<bool>, DbError> {
+    let sql = format!("SELECT is_active FROM {table} WHERE id = $1");
+    Ok(on_db!(db, |p| sqlx::query_scalar::<_, bool>(
+        sqlx::AssertSqlSafe(sql.clone())
+    )
+    .bind(id)
+    .fetch_optional(p)
+    .await)?)
+}
+
 /// Runs a sea-query select returning one value.
 pub async fn fetch_scalar<T>(db: &Db, q: &sea_query::SelectStatement) -> Result<T, DbError>
 where

@@ -17,12 +17,7 @@ pub fn of_user(user_id: i64) -> sea_query::SelectStatement {
 
 /// Whether a team is active; `None` when it does not exist.
 pub async fn active(db: &Db, team_id: i64) -> Result<Option<bool>, DbError> {
-    Ok(on_db!(db, |p| sqlx::query_scalar::<_, bool>(
-        "SELECT is_active FROM users_team WHERE id = $1"
-    )
-    .bind(team_id)
-    .fetch_optional(p)
-    .await)?)
+    crate::store::is_active(db, "users_team", team_id).await
 }
 
 /// The user's role code in a team (`MB`, `AD`, `OW`), if a member.

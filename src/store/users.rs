@@ -96,12 +96,7 @@ pub const USER_COLUMNS: &str = "id, username, password, first_name, last_name, e
 
 /// Whether an account is active; `None` when it does not exist.
 pub async fn active(db: &Db, id: i64) -> Result<Option<bool>, DbError> {
-    Ok(on_db!(db, |p| sqlx::query_scalar::<_, bool>(
-        "SELECT is_active FROM users_user WHERE id = $1"
-    )
-    .bind(id)
-    .fetch_optional(p)
-    .await)?)
+    super::is_active(db, "users_user", id).await
 }
 
 pub async fn by_id(db: &Db, id: i64) -> Result<Option<User>, DbError> {
