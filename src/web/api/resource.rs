@@ -278,6 +278,10 @@ pub trait Resource: Send + Sync + Sized + 'static {
         rows: &[Self::Row],
     ) -> impl Future<Output = Result<Vec<Self::Repr>, ApiError>> + Send;
 
+    /// Trims a representation to what `caller` may see of it (nested records only staff
+    /// read) before a response carries it: `represent` renders everything.
+    fn redact(_repr: &mut Self::Repr, _caller: &Caller) {}
+
     /// Restricts the list to what the caller may see. Required, like `check_record`: every
     /// resource states who sees what, even when it is everyone.
     fn scope(q: &mut SelectStatement, caller: &Caller);
@@ -361,6 +365,12 @@ pub trait Resource: Send + Sync + Sized + 'static {
         None
     }
 
+    /// The request body schema of PATCH when it is not the `Patched` variant of
+    /// `request_body` (its field texts differ), as a registered type.
+    fn patch_body(_components: &mut Components) -> Option<RefOr<Schema>> {
+        None
+    }
+
     /// The audit snapshot of a record: every field in declaration order.
     fn snapshot(row: &Self::Row) -> Snapshot {
         Self::FIELDS
@@ -408,7 +418,8 @@ pub async fn found<R: Resource>(db: &Db, id: i64) -> Result<R::Row, ApiError> {
         .ok_or_else(|| ApiError::no_match(R::MODEL))
 }
 
-/// The representation of one record.
+/// The representation of one record, unredacted (for answers that are not a caller's view of
+/// the resource; the handlers apply `Resource::redact`).
 pub async fn represent_one<R: Resource>(
     db: &Db,
     tz: Tz,
@@ -557,16 +568,44 @@ async fn list<R: Resource>(
         let base = select::<R>(app.db.engine());
         listing::page_from::<R::Row>(req, &app.db, tz, &R::SPEC, base, &scope, &[]).await?
     };
-    envelope::<R>(&app.db, tz, &page, &rows).await
+    envelope::<R>(&app.db, tz, &caller, &page, &rows).await
+}
+
+/// The representations of some records as `caller` may see them.
+async fn represent_for<R: Resource>(
+    db: &Db,
+    tz: Tz,
+    caller: &Caller,
+    rows: &[R::Row],
+) -> Result<Vec<R::Repr>, ApiError> {
+    let mut reprs = R::represent(db, tz, rows).await?;
+    for repr in &mut reprs {
+        R::redact(repr, caller);
+    }
+    Ok(reprs)
+}
+
+/// The representation of one record as `caller` may see it.
+async fn represent_one_for<R: Resource>(
+    db: &Db,
+    tz: Tz,
+    caller: &Caller,
+    row: &R::Row,
+) -> Result<R::Repr, ApiError> {
+    represent_for::<R>(db, tz, caller, std::slice::from_ref(row))
+        .await?
+        .pop()
+        .ok_or(ApiError::Internal)
 }
 
 async fn envelope<R: Resource>(
     db: &Db,
     tz: Tz,
+    caller: &Caller,
     page: &listing::Page,
     rows: &[R::Row],
 ) -> Result<serde_json::Value, ApiError> {
-    let reprs = R::represent(db, tz, rows).await?;
+    let reprs = represent_for::<R>(db, tz, caller, rows).await?;
     let results = reprs
         .iter()
         .map(serde_json::to_value)
@@ -602,7 +641,7 @@ async fn writable<R: Resource>(
 async fn retrieve<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
     let (app, caller) = context(depot)?;
     let row = accessible::<R>(&app.db, &caller, req).await?;
-    represent_one::<R>(&app.db, app.timezone, &row).await
+    represent_one_for::<R>(&app.db, app.timezone, &caller, &row).await
 }
 
 async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
@@ -618,7 +657,7 @@ async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::
     R::after_write(&mut tx, &row, extra, Action::Create).await?;
     record::<R>(&mut tx, &ctx, Action::Create, None, Some(&row)).await?;
     tx.commit().await?;
-    represent_one::<R>(&app.db, app.timezone, &row).await
+    represent_one_for::<R>(&app.db, app.timezone, &caller, &row).await
 }
 
 async fn update<R: Resource>(
@@ -650,7 +689,7 @@ async fn update<R: Resource>(
     R::after_write(&mut tx, &after, extra, Action::Update).await?;
     record::<R>(&mut tx, &ctx, Action::Update, Some(&current), Some(&after)).await?;
     tx.commit().await?;
-    represent_one::<R>(&app.db, app.timezone, &after).await
+    represent_one_for::<R>(&app.db, app.timezone, &caller, &after).await
 }
 
 async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<(), ApiError> {
@@ -888,7 +927,7 @@ pub fn endpoint<R: Resource, const OP: u8>() -> Documented {
         && let Some(schema) = R::request_body(&mut components)
     {
         let schema = if op == Op::PartialUpdate {
-            patched(&mut components, schema)
+            R::patch_body(&mut components).unwrap_or_else(|| patched(&mut components, schema))
         } else {
             schema
         };

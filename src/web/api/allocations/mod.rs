@@ -7,6 +7,7 @@ pub mod comments;
 pub mod requests;
 pub mod resource_allocations;
 pub mod reviews;
+pub mod shared;
 
 use super::resource;
 use crate::store::Db;
@@ -24,7 +25,7 @@ pub async fn sees_request(db: &Db, caller: &Caller, request_id: i64) -> Result<b
 pub fn routes() -> crate::web::route::Routes {
     crate::web::route::Routes::new()
         .push(resource::routes::<clusters::Clusters>())
-        .push(requests::routes())
+        .push(resource::routes::<requests::Requests>())
         .push(resource::routes::<reviews::Reviews>())
         .push(resource::routes::<resource_allocations::ResourceAllocations>())
         .push(attachments::routes())

@@ -4,7 +4,7 @@
 //! edit and delete them; members read them.
 
 use super::clusters;
-use super::requests::{self, invalid_pk};
+use super::shared::{self, REQUESTS, invalid_pk};
 use crate::domain::validation::{NOT_NULL, REQUIRED, Validator, pk_value};
 use crate::on_tx;
 use crate::store::audit::{Action, Snapshot};
@@ -36,9 +36,7 @@ const FIELDS: [Field<AllocationRow>; 6] = [
     Field::new("cluster", Kind::Fk("allocations_cluster"), |a| {
         Val::Int(a.cluster_id)
     }),
-    Field::new("request", Kind::Fk(requests::TABLE), |a| {
-        Val::Int(a.request_id)
-    }),
+    Field::new("request", Kind::Fk(REQUESTS), |a| Val::Int(a.request_id)),
 ];
 const COLUMNS: [Column; 6] = resource::columns(&FIELDS);
 
@@ -48,10 +46,10 @@ pub const SPEC: ListSpec = ListSpec {
     order: &COLUMNS,
     search: &[
         search_via(
-            &[("request_id", requests::TABLE), ("team_id", "users_team")],
+            &[("request_id", REQUESTS), ("team_id", "users_team")],
             "name",
         ),
-        search_via(&[("request_id", requests::TABLE)], "title"),
+        search_via(&[("request_id", REQUESTS)], "title"),
         search_via(&[("cluster_id", "allocations_cluster")], "name"),
     ],
 };
@@ -64,7 +62,7 @@ pub struct ResourceAllocation {
     pub id: i64,
     #[salvo(schema(value_type = clusters::ClusterSummaryDoc))]
     pub _cluster: Value,
-    #[salvo(schema(value_type = requests::AllocationRequestSummaryDoc))]
+    #[salvo(schema(value_type = shared::AllocationRequestSummaryDoc))]
     pub _request: Value,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
     pub _history: Vec<Value>,
@@ -253,7 +251,7 @@ async fn validate(
         v.error("cluster", invalid_pk(id));
     }
     if let Some(id) = request
-        && requests::missing(db, id).await?
+        && shared::missing(db, id).await?
     {
         v.error("request", invalid_pk(id));
     }
@@ -297,16 +295,16 @@ async fn may_create(db: &Db, user_id: i64, body: &body::Body) -> Result<bool, Ap
     let (Some(request_id), Some(cluster_id)) = (pk("request"), pk("cluster")) else {
         return Ok(false);
     };
-    let Some(request) = requests::by_id(db, request_id).await? else {
+    let Some(team_id) = shared::request_team(db, request_id).await? else {
         return Ok(false);
     };
-    if !crate::store::teams::is_privileged(db, user_id, request.team_id).await? {
+    if !crate::store::teams::is_privileged(db, user_id, team_id).await? {
         return Ok(false);
     }
     let Some(cluster) = clusters::by_id(db, cluster_id).await? else {
         return Ok(false);
     };
-    clusters::team_may_use(db, &cluster, request.team_id).await
+    clusters::team_may_use(db, &cluster, team_id).await
 }
 
 /// The resource allocation resource.
@@ -398,7 +396,7 @@ impl Resource for ResourceAllocations {
         let cluster_ids: Vec<i64> = rows.iter().map(|a| a.cluster_id).collect();
         let request_ids: Vec<i64> = rows.iter().map(|a| a.request_id).collect();
         let cls = clusters::by_ids(db, &cluster_ids).await?;
-        let reqs = requests::summaries_by_id(db, &request_ids).await?;
+        let reqs = shared::summaries_by_id(db, &request_ids).await?;
         let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
         Ok(rows
             .iter()
@@ -420,7 +418,7 @@ impl Resource for ResourceAllocations {
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
-        requests::scope_via_request(q, caller, "request_id");
+        shared::scope_via_request(q, caller, "request_id");
     }
 
     /// Members of the request's team (staff: any).

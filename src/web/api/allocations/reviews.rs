@@ -2,7 +2,7 @@
 //! write them; members of the request's team read them. Reviews have no side effects on the
 //! request.
 
-use super::requests::{self, AllocationRequestSummaryDoc, invalid_pk};
+use super::shared::{self, AllocationRequestSummaryDoc, REQUESTS, invalid_pk};
 use crate::domain::validation::Validator;
 use crate::on_tx;
 use crate::store::audit::Snapshot;
@@ -33,9 +33,7 @@ const FIELDS: [Field<ReviewRow>; 5] = [
         Val::DateTime(r.submitted)
     })
     .write(Write::Create),
-    Field::new("request", Kind::Fk(requests::TABLE), |r| {
-        Val::Int(r.request_id)
-    }),
+    Field::new("request", Kind::Fk(REQUESTS), |r| Val::Int(r.request_id)),
     Field::new("reviewer", Kind::Fk("users_user"), |r| {
         Val::Int(r.reviewer_id)
     }),
@@ -49,10 +47,10 @@ pub const SPEC: ListSpec = ListSpec {
     // Upstream's dead `public_comments`/`private_comments` are dropped (domain.md §2.3).
     search: &[
         search_via(
-            &[("request_id", requests::TABLE), ("team_id", "users_team")],
+            &[("request_id", REQUESTS), ("team_id", "users_team")],
             "name",
         ),
-        search_via(&[("request_id", requests::TABLE)], "title"),
+        search_via(&[("request_id", REQUESTS)], "title"),
     ],
 };
 
@@ -134,7 +132,7 @@ async fn validate(
     let request = v.pk("request", true);
     let reviewer = v.pk("reviewer", false);
     if let Some(id) = request
-        && requests::missing(db, id).await?
+        && shared::missing(db, id).await?
     {
         v.error("request", invalid_pk(id));
     }
@@ -157,7 +155,7 @@ async fn validate(
         status: status
             .or_else(|| current.map(|c| c.status.clone()))
             .unwrap_or_default(),
-        submitted: current.map(|c| c.submitted).unwrap_or_else(requests::now),
+        submitted: current.map(|c| c.submitted).unwrap_or_else(shared::now),
         request_id: request
             .or(current.map(|c| c.request_id))
             .unwrap_or_default(),
@@ -249,7 +247,7 @@ impl Resource for Reviews {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let request_ids: Vec<i64> = rows.iter().map(|r| r.request_id).collect();
         let reviewer_ids: Vec<i64> = rows.iter().map(|r| r.reviewer_id).collect();
-        let reqs = requests::summaries_by_id(db, &request_ids).await?;
+        let reqs = shared::summaries_by_id(db, &request_ids).await?;
         let users = summaries::users_by_id(db, &reviewer_ids).await?;
         let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
         Ok(rows
@@ -268,7 +266,7 @@ impl Resource for Reviews {
     }
 
     fn scope(q: &mut sea_query::SelectStatement, caller: &Caller) {
-        requests::scope_via_request(q, caller, "request_id");
+        shared::scope_via_request(q, caller, "request_id");
     }
 
     /// Read access: staff, or a member of the request's team (403).
