@@ -365,12 +365,6 @@ pub trait Resource: Send + Sync + Sized + 'static {
         None
     }
 
-    /// The request body schema of PATCH when it is not the `Patched` variant of
-    /// `request_body` (its field texts differ), as a registered type.
-    fn patch_body(_components: &mut Components) -> Option<RefOr<Schema>> {
-        None
-    }
-
     /// The audit snapshot of a record: every field in declaration order.
     fn snapshot(row: &Self::Row) -> Snapshot {
         Self::FIELDS
@@ -927,7 +921,7 @@ pub fn endpoint<R: Resource, const OP: u8>() -> Documented {
         && let Some(schema) = R::request_body(&mut components)
     {
         let schema = if op == Op::PartialUpdate {
-            R::patch_body(&mut components).unwrap_or_else(|| patched(&mut components, schema))
+            patched(&mut components, schema)
         } else {
             schema
         };

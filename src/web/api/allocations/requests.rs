@@ -245,35 +245,6 @@ pub struct AllocationRequestRequestDoc {
     pub grants: Vec<i64>,
 }
 
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "PatchedAllocationRequestRequest"))]
-pub struct PatchedAllocationRequestRequestDoc {
-    #[salvo(schema(min_length = 1, max_length = 250, required = false))]
-    pub title: String,
-    #[salvo(schema(min_length = 1, max_length = 20000, required = false))]
-    pub description: String,
-    #[salvo(schema(format = Date))]
-    pub active: Option<String>,
-    #[salvo(schema(format = Date))]
-    pub expire: Option<String>,
-    /// * `PD` - Pending
-    /// * `AP` - Approved
-    /// * `DC` - Declined
-    /// * `CR` - Changes Requested
-    #[salvo(schema(required = false))]
-    pub status: String,
-    #[salvo(schema(required = false))]
-    pub submitter: i64,
-    #[salvo(schema(required = false))]
-    pub team: i64,
-    #[salvo(schema(required = false))]
-    pub assignees: Vec<i64>,
-    #[salvo(schema(required = false))]
-    pub publications: Vec<i64>,
-    #[salvo(schema(required = false))]
-    pub grants: Vec<i64>,
-}
-
 /// (request id, linked id): a row of a side table.
 type LinkRow = (i64, i64);
 
@@ -837,11 +808,6 @@ impl Resource for Requests {
 
     fn request_body(components: &mut Components) -> Option<RefOr<Schema>> {
         Some(AllocationRequestRequestDoc::to_schema(components))
-    }
-
-    /// The create-only rules of the POST/PUT fields are not repeated for PATCH.
-    fn patch_body(components: &mut Components) -> Option<RefOr<Schema>> {
-        Some(PatchedAllocationRequestRequestDoc::to_schema(components))
     }
 }
 
