@@ -10,6 +10,7 @@ use sqlx::{PgPool, SqlitePool};
 use std::time::Duration;
 
 pub mod audit;
+pub mod clusters;
 pub mod retention;
 pub mod task_results;
 pub mod teams;
@@ -449,6 +450,27 @@ pub async fn is_active(db: &Db, table: &'static str, id: i64) -> Result<Option<b
     .bind(id)
     .fetch_optional(p)
     .await)?)
+}
+
+/// The first id of `ids` missing from `table` (a table name of this crate), if any: one
+/// query, whatever the number of ids.
+pub async fn first_missing(db: &Db, table: &str, ids: &[i64]) -> Result<Option<i64>, DbError> {
+    use sea_query::{Alias, Expr, ExprTrait, Query};
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let mut unique = ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let mut q = Query::select();
+    q.column(Alias::new("id"))
+        .from(Alias::new(table))
+        .and_where(Expr::col(Alias::new("id")).is_in(unique));
+    let found: Vec<(i64,)> = fetch_all(db, &q).await?;
+    Ok(ids
+        .iter()
+        .find(|id| !found.iter().any(|(f,)| f == *id))
+        .copied())
 }
 
 /// Runs a sea-query select returning one value.

@@ -48,6 +48,15 @@ pub struct TeamSummaryDoc {
 }
 
 #[derive(Serialize, ToSchema)]
+#[salvo(schema(name = "ClusterSummary"))]
+pub struct ClusterSummaryDoc {
+    pub id: i64,
+    #[salvo(schema(max_length = 50))]
+    pub name: String,
+    pub enabled: bool,
+}
+
+#[derive(Serialize, ToSchema)]
 #[salvo(schema(name = "UserSummary"))]
 pub struct UserSummaryDoc {
     pub id: i64,
@@ -176,6 +185,36 @@ pub async fn teams_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>, Db
         .and_where(Expr::col(Alias::new("id")).is_in(ids.to_vec()));
     let rows: Vec<TeamRow> = crate::store::fetch_all(db, &q).await?;
     Ok(rows.iter().map(|t| (t.id, team_summary(t))).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct ClusterSummaryRow {
+    id: i64,
+    name: String,
+    enabled: bool,
+}
+
+/// ClusterSummary objects by id (one query).
+pub async fn clusters_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>, DbError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut q = Query::select();
+    q.columns(["id", "name", "enabled"].map(Alias::new))
+        .from(Alias::new("allocations_cluster"))
+        .and_where(Expr::col(Alias::new("id")).is_in(ids.to_vec()));
+    let rows: Vec<ClusterSummaryRow> = crate::store::fetch_all(db, &q).await?;
+    Ok(rows
+        .into_iter()
+        .map(|c| {
+            let summary = ClusterSummaryDoc {
+                id: c.id,
+                name: c.name,
+                enabled: c.enabled,
+            };
+            (c.id, value(summary))
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

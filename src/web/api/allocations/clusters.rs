@@ -18,7 +18,6 @@ use salvo::oapi::{Components, RefOr, Schema, ToSchema};
 use sea_query::{Alias, Cond, Expr, ExprTrait, Query};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::HashMap;
 
 pub const CONTENT_TYPE: &str = "allocations | Cluster";
 const MODEL: &str = "Cluster";
@@ -43,15 +42,6 @@ pub const SPEC: ListSpec = ListSpec {
     order: &COLUMNS,
     search: &[search("name"), search("description")],
 };
-
-#[derive(Serialize, ToSchema)]
-#[salvo(schema(name = "ClusterSummary"))]
-pub struct ClusterSummaryDoc {
-    pub id: i64,
-    #[salvo(schema(max_length = 50))]
-    pub name: String,
-    pub enabled: bool,
-}
 
 // A cluster as the API renders and documents it (a doc comment here would become the
 // schema's description).
@@ -140,68 +130,8 @@ async fn access_rows(db: &Db, ids: &[i64]) -> Result<Vec<(i64, i64)>, ApiError> 
     Ok(crate::store::fetch_all(db, &q).await?)
 }
 
-pub fn summary(c: &ClusterRow) -> Value {
-    serde_json::json!({"id": c.id, "name": c.name, "enabled": c.enabled})
-}
-
-/// Clusters by id (one query).
-pub async fn by_ids(db: &Db, ids: &[i64]) -> Result<HashMap<i64, ClusterRow>, ApiError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    let rows = resource::load::<Clusters>(db, &ids).await?;
-    Ok(rows.into_iter().map(|c| (c.id, c)).collect())
-}
-
-pub async fn by_id(db: &Db, id: i64) -> Result<Option<ClusterRow>, ApiError> {
-    resource::by_id::<Clusters>(db, id).await
-}
-
-/// Whether team `team_id` may use a cluster (domain.md §3.5.1): open, whitelisted or not
-/// blacklisted.
-pub async fn team_may_use(db: &Db, cluster: &ClusterRow, team_id: i64) -> Result<bool, ApiError> {
-    if cluster.access_mode == "OP" {
-        return Ok(true);
-    }
-    let listed: i64 = on_db!(db, |p| {
-        sqlx::query_scalar(
-        "SELECT COUNT(*) FROM allocations_cluster_access_teams WHERE cluster_id = $1 AND team_id = $2"
-    )
-    .bind(cluster.id)
-    .bind(team_id)
-    .fetch_one(p)
-    .await
-    })?;
-    Ok(crate::domain::policy::cluster_usable(
-        &cluster.access_mode,
-        listed > 0,
-    ))
-}
-
 pub fn repr(c: &ClusterRow) -> String {
     format!("Cluster #{} - {}", c.id, c.name)
-}
-
-/// The first id of `ids` missing from `table`, if any (one query).
-pub async fn first_missing(db: &Db, table: &str, ids: &[i64]) -> Result<Option<i64>, ApiError> {
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    let mut unique = ids.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
-    let mut q = Query::select();
-    q.column(Alias::new("id"))
-        .from(Alias::new(table))
-        .and_where(Expr::col(Alias::new("id")).is_in(unique));
-    let found: Vec<(i64,)> = crate::store::fetch_all(db, &q).await?;
-    Ok(ids
-        .iter()
-        .find(|id| !found.iter().any(|(f,)| f == *id))
-        .copied())
 }
 
 /// The validated state of a cluster after a write, and its new access list if supplied.
@@ -231,7 +161,7 @@ async fn validate(
         }
     }
     if let Some(teams) = &access_teams
-        && let Some(bad) = first_missing(db, "users_team", teams).await?
+        && let Some(bad) = crate::store::first_missing(db, "users_team", teams).await?
     {
         v.error(
             "access_teams",

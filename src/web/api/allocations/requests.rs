@@ -2,7 +2,6 @@
 //! admins/owners create them (⚑ pending, with their own team's grants and publications only),
 //! staff edit and delete them, every member reads them; non-staff see public comments only.
 
-use super::clusters::{self, first_missing};
 use super::shared::{REQUESTS, date_text, invalid_pk, now};
 use crate::config::Engine;
 use crate::domain::validation::{Text, Validator, pk_value};
@@ -145,7 +144,7 @@ pub struct ResourceAllocationSummary {
     pub awarded: Option<i64>,
     #[salvo(schema(minimum = 0, maximum = 2147483647))]
     pub r#final: Option<i64>,
-    #[salvo(schema(value_type = clusters::ClusterSummaryDoc))]
+    #[salvo(schema(value_type = summaries::ClusterSummaryDoc))]
     pub _cluster: Value,
 }
 
@@ -524,14 +523,16 @@ impl Resource for Requests {
             ("team", "users_team", team),
         ] {
             if let Some(id) = id
-                && first_missing(db, table, &[id]).await?.is_some()
+                && crate::store::first_missing(db, table, &[id])
+                    .await?
+                    .is_some()
             {
                 v.error(field, invalid_pk(id));
             }
         }
         for ((field, _, table), given) in LINKS.iter().zip(&links) {
             if let Some(ids) = given
-                && let Some(bad) = first_missing(db, table, ids).await?
+                && let Some(bad) = crate::store::first_missing(db, table, ids).await?
             {
                 v.error(field, invalid_pk(bad));
             }
@@ -654,7 +655,7 @@ impl Resource for Requests {
         )
         .await?;
         let cluster_ids: Vec<i64> = allocations.iter().map(|a| a.cluster_id).collect();
-        let clusters = clusters::by_ids(db, &cluster_ids).await?;
+        let clusters = summaries::clusters_by_id(db, &cluster_ids).await?;
         let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
 
         let user = |id: i64| users.get(&id).cloned().unwrap_or(Value::Null);
@@ -678,8 +679,9 @@ impl Resource for Requests {
                     .filter(|a| a.request_id == r.id)
                     .collect();
                 mine.sort_by(|a, b| {
-                    let name =
-                        |x: &AllocationRow| clusters.get(&x.cluster_id).map(|c| c.name.clone());
+                    let name = |x: &AllocationRow| {
+                        clusters.get(&x.cluster_id).and_then(|c| c["name"].as_str())
+                    };
                     name(a).cmp(&name(b)).then(a.id.cmp(&b.id))
                 });
                 AllocationRequest {
@@ -706,10 +708,7 @@ impl Resource for Requests {
                             requested: a.requested.into(),
                             awarded: a.awarded.map(i64::from),
                             r#final: a.r#final.map(i64::from),
-                            _cluster: clusters
-                                .get(&a.cluster_id)
-                                .map(clusters::summary)
-                                .unwrap_or(Value::Null),
+                            _cluster: clusters.get(&a.cluster_id).cloned().unwrap_or(Value::Null),
                         })
                         .collect(),
                     _attachments: attachments

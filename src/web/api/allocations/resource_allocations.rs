@@ -3,7 +3,6 @@
 //! cluster the team may use, create them (⚑ only staff award: `awarded` and `final`); staff
 //! edit and delete them; members read them.
 
-use super::clusters;
 use super::shared::{self, REQUESTS, invalid_pk};
 use crate::domain::validation::{NOT_NULL, REQUIRED, Validator, pk_value};
 use crate::on_tx;
@@ -60,7 +59,7 @@ pub const SPEC: ListSpec = ListSpec {
 #[salvo(schema(name = "ResourceAllocation"))]
 pub struct ResourceAllocation {
     pub id: i64,
-    #[salvo(schema(value_type = clusters::ClusterSummaryDoc))]
+    #[salvo(schema(value_type = crate::web::api::summaries::ClusterSummaryDoc))]
     pub _cluster: Value,
     #[salvo(schema(value_type = shared::AllocationRequestSummaryDoc))]
     pub _request: Value,
@@ -244,7 +243,7 @@ async fn validate(
     let cluster = v.pk("cluster", true);
     let request = v.pk("request", true);
     if let Some(id) = cluster
-        && clusters::first_missing(db, "allocations_cluster", &[id])
+        && crate::store::first_missing(db, "allocations_cluster", &[id])
             .await?
             .is_some()
     {
@@ -301,10 +300,9 @@ async fn may_create(db: &Db, user_id: i64, body: &body::Body) -> Result<bool, Ap
     if !crate::store::teams::is_privileged(db, user_id, team_id).await? {
         return Ok(false);
     }
-    let Some(cluster) = clusters::by_id(db, cluster_id).await? else {
-        return Ok(false);
-    };
-    clusters::team_may_use(db, &cluster, team_id).await
+    Ok(crate::store::clusters::usable_by(db, cluster_id, team_id)
+        .await?
+        .unwrap_or(false))
 }
 
 /// The resource allocation resource.
@@ -395,17 +393,14 @@ impl Resource for ResourceAllocations {
         let ids: Vec<i64> = rows.iter().map(|a| a.id).collect();
         let cluster_ids: Vec<i64> = rows.iter().map(|a| a.cluster_id).collect();
         let request_ids: Vec<i64> = rows.iter().map(|a| a.request_id).collect();
-        let cls = clusters::by_ids(db, &cluster_ids).await?;
+        let cls = crate::web::api::summaries::clusters_by_id(db, &cluster_ids).await?;
         let reqs = shared::summaries_by_id(db, &request_ids).await?;
         let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
         Ok(rows
             .iter()
             .map(|a| ResourceAllocation {
                 id: a.id,
-                _cluster: cls
-                    .get(&a.cluster_id)
-                    .map(clusters::summary)
-                    .unwrap_or(Value::Null),
+                _cluster: cls.get(&a.cluster_id).cloned().unwrap_or(Value::Null),
                 _request: reqs.get(&a.request_id).cloned().unwrap_or(Value::Null),
                 _history: history.remove(&a.id).unwrap_or_default(),
                 requested: a.requested.into(),

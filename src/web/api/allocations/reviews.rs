@@ -137,7 +137,7 @@ async fn validate(
         v.error("request", invalid_pk(id));
     }
     if let Some(id) = reviewer {
-        if super::clusters::first_missing(db, "users_user", &[id])
+        if crate::store::first_missing(db, "users_user", &[id])
             .await?
             .is_some()
         {

@@ -2,7 +2,6 @@
 //! summary (domain.md §4), the membership scope of its children (§7.2) and the small pieces
 //! of their validation (creation times, unknown ids).
 
-use super::clusters::first_missing;
 use crate::on_db;
 use crate::store::Db;
 use crate::web::ApiError;
@@ -61,7 +60,9 @@ pub fn scope_via_request(q: &mut sea_query::SelectStatement, caller: &Caller, co
 
 /// Whether request `id` does not exist.
 pub async fn missing(db: &Db, id: i64) -> Result<bool, ApiError> {
-    Ok(first_missing(db, REQUESTS, &[id]).await?.is_some())
+    Ok(crate::store::first_missing(db, REQUESTS, &[id])
+        .await?
+        .is_some())
 }
 
 /// The team of request `id`, if the request exists.
