@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 use std::time::Duration;
 
+pub mod attachments;
 pub mod audit;
 pub mod clusters;
 pub mod retention;

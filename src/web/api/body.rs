@@ -4,6 +4,8 @@
 use crate::web::ApiError;
 use salvo::prelude::*;
 use serde_json::{Map, Value};
+use std::any::Any;
+use std::sync::Arc;
 
 /// A parsed body. Form encodings repeat a key for list fields; such keys become arrays.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +17,9 @@ pub struct Body {
     pub not_object: Option<&'static str>,
     /// Whether the body came as a form (values are strings).
     pub form: bool,
+    /// What a resource's `Resource::read_input` took from the request beside the body, for
+    /// its validation (`input` reads it back).
+    pub input: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Body {
@@ -24,6 +29,11 @@ impl Body {
 
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.fields.get(key)
+    }
+
+    /// The value `Resource::read_input` left in `input`, when it is a `T`.
+    pub fn input<T: Any>(&self) -> Option<&T> {
+        self.input.as_deref()?.downcast_ref()
     }
 
     /// The error create/update endpoints give for a non-object JSON body.
@@ -129,7 +139,7 @@ async fn read_form(req: &mut Request) -> Result<Body, ApiError> {
     Ok(Body {
         fields,
         files,
-        not_object: None,
         form: true,
+        ..Default::default()
     })
 }

@@ -9,15 +9,17 @@
 //! The order of checks is the same for every resource (domain.md §1.3): the staff gate of
 //! the method, then, when the policy reads the body first, the body and its view-level
 //! rule, then the record (404) and its object-level rule (403), then (body last) the body
-//! and its rule, then validation (400).
+//! and its rule, then validation (400). What a write reads beyond the body (uploads) is
+//! read just before validation; what it stores outside the database is stored after it,
+//! before the transaction, and removed again if the transaction fails.
 
 use crate::config::Engine;
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
 use crate::store::{Db, DbError, Tx};
-use crate::web::ApiError;
 use crate::web::api::body::{self, Body};
 use crate::web::api::list::{self as listing, Column, Kind, ListSpec};
 use crate::web::api::{Caller, context, path_id};
+use crate::web::{ApiError, AppState};
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use salvo::http::StatusCode;
@@ -310,6 +312,39 @@ pub trait Resource: Send + Sync + Sized + 'static {
         _caller: &Caller,
         _body: &Body,
         _action: Action,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Reads what a write takes from the request beside the parsed body (a file part's own
+    /// headers, the settings an upload is checked against) into `body.input`, after
+    /// `check_body` and before `validate`.
+    fn read_input(
+        _req: &mut Request,
+        _app: &AppState,
+        _body: &mut Body,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Runs after validation, before the write's transaction: stores what the new row refers
+    /// to outside the database (an upload) and completes the row. Returns the files stored,
+    /// which are removed again when the write fails.
+    fn store(
+        _app: &AppState,
+        _row: &mut Self::Row,
+        _extra: &Self::Extra,
+    ) -> impl Future<Output = Result<Vec<String>, ApiError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Runs once a write is committed, with the record before (`None` on create) and after
+    /// (`None` on delete): clean-ups outside the database, such as removing a stored file no
+    /// record refers to any more. An error is still the answer, though the write stays.
+    fn after_commit(
+        _app: &AppState,
+        _before: Option<&Self::Row>,
+        _after: Option<&Self::Row>,
     ) -> impl Future<Output = Result<(), ApiError>> + Send {
         async { Ok(()) }
     }
@@ -638,19 +673,40 @@ async fn retrieve<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R
     represent_one_for::<R>(&app.db, app.timezone, &caller, &row).await
 }
 
+/// The outcome of a write's transaction; when it failed, the files `Resource::store` wrote
+/// for it are removed again.
+async fn settle(
+    app: &AppState,
+    written: Result<(), ApiError>,
+    stored: &[String],
+) -> Result<(), ApiError> {
+    if written.is_err() && !stored.is_empty() {
+        crate::infra::uploads::remove_files(&app.db, &app.config, stored).await;
+    }
+    written
+}
+
 async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::Repr, ApiError> {
     let (app, caller) = context(depot)?;
     gate(R::POLICY.create, &caller)?;
-    let body = body::read(req).await?;
+    let mut body = body::read(req).await?;
     R::check_body(&app.db, &caller, &body, Action::Create).await?;
+    R::read_input(req, &app, &mut body).await?;
     let (mut row, extra) = R::validate(&app.db, &caller, &body, false, None).await?;
+    let stored = R::store(&app, &mut row, &extra).await?;
     let ctx = crate::web::access::audit_context(req, depot);
-    let mut tx = app.db.begin().await?;
-    let id = insert::<R>(&mut tx, &row).await.map_err(write_error::<R>)?;
-    R::set_id(&mut row, id);
-    R::after_write(&mut tx, &row, extra, Action::Create).await?;
-    record::<R>(&mut tx, &ctx, Action::Create, None, Some(&row)).await?;
-    tx.commit().await?;
+    let written: Result<(), ApiError> = async {
+        let mut tx = app.db.begin().await?;
+        let id = insert::<R>(&mut tx, &row).await.map_err(write_error::<R>)?;
+        R::set_id(&mut row, id);
+        R::after_write(&mut tx, &row, extra, Action::Create).await?;
+        record::<R>(&mut tx, &ctx, Action::Create, None, Some(&row)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+    settle(&app, written, &stored).await?;
+    R::after_commit(&app, None, Some(&row)).await?;
     represent_one_for::<R>(&app.db, app.timezone, &caller, &row).await
 }
 
@@ -661,7 +717,7 @@ async fn update<R: Resource>(
 ) -> Result<R::Repr, ApiError> {
     let (app, caller) = context(depot)?;
     gate(R::POLICY.change, &caller)?;
-    let (current, body) = if R::POLICY.body_first {
+    let (current, mut body) = if R::POLICY.body_first {
         let body = body::read(req).await?;
         R::check_body(&app.db, &caller, &body, Action::Update).await?;
         (
@@ -674,15 +730,23 @@ async fn update<R: Resource>(
         R::check_body(&app.db, &caller, &body, Action::Update).await?;
         (current, body)
     };
-    let (after, extra) = R::validate(&app.db, &caller, &body, partial, Some(&current)).await?;
+    R::read_input(req, &app, &mut body).await?;
+    let (mut after, extra) = R::validate(&app.db, &caller, &body, partial, Some(&current)).await?;
+    let stored = R::store(&app, &mut after, &extra).await?;
     let ctx = crate::web::access::audit_context(req, depot);
-    let mut tx = app.db.begin().await?;
-    update_row::<R>(&mut tx, &after)
-        .await
-        .map_err(write_error::<R>)?;
-    R::after_write(&mut tx, &after, extra, Action::Update).await?;
-    record::<R>(&mut tx, &ctx, Action::Update, Some(&current), Some(&after)).await?;
-    tx.commit().await?;
+    let written: Result<(), ApiError> = async {
+        let mut tx = app.db.begin().await?;
+        update_row::<R>(&mut tx, &after)
+            .await
+            .map_err(write_error::<R>)?;
+        R::after_write(&mut tx, &after, extra, Action::Update).await?;
+        record::<R>(&mut tx, &ctx, Action::Update, Some(&current), Some(&after)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+    settle(&app, written, &stored).await?;
+    R::after_commit(&app, Some(&current), Some(&after)).await?;
     represent_one_for::<R>(&app.db, app.timezone, &caller, &after).await
 }
 
@@ -718,7 +782,7 @@ async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<()
     if !files.is_empty() {
         crate::infra::uploads::remove_files(&app.db, &app.config, &files).await;
     }
-    Ok(())
+    R::after_commit(&app, Some(&row), None).await
 }
 
 /// The six operations of a resource.

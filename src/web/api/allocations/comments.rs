@@ -2,11 +2,11 @@
 //! of the request's team may read and write the team's public comments; private comments
 //! exist for staff only (hidden from lists and 403 on items for everyone else).
 
-use super::attachments::{
-    REQUESTS, body_request, is_member_or_staff, request_summary, request_team, requests_by_id,
+use super::requests::AllocationRequestSummaryDoc;
+use super::{
+    REQUESTS, body_request, is_member_or_staff, request_summary, requests_by_id,
     scope_to_caller_teams,
 };
-use super::requests::AllocationRequestSummaryDoc;
 use crate::domain::validation::{Text, Validator};
 use crate::store::audit::Action;
 use crate::store::users::User;
@@ -173,7 +173,7 @@ async fn validate(
         }
     }
     if let Some(r) = request
-        && request_team(db, r).await?.is_none()
+        && crate::store::teams::request_team(db, r).await?.is_none()
     {
         v.error(
             "request",
