@@ -7,7 +7,7 @@ pub mod api;
 pub(crate) mod base;
 pub mod canonical;
 pub mod client;
-pub mod disposition;
+pub mod files;
 pub mod negotiation;
 pub mod openapi;
 mod panic;

@@ -21,12 +21,10 @@ use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries::{self, AuditLogSummaryDoc, render_datetime};
 use crate::web::api::{Caller, context, path_id};
-use crate::web::disposition::{content_disposition, part_file_name};
+use crate::web::files::{part_file_name, send_stored};
 use crate::web::{ApiError, AppState};
 use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
-use salvo::http::StatusCode;
-use salvo::http::header::{self, HeaderValue};
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
@@ -99,13 +97,6 @@ pub struct Attachment {
     pub _history: Vec<Value>,
     pub uploaded: String,
     pub request: i64,
-}
-
-pub fn repr(a: &AttachmentRow) -> String {
-    format!(
-        "Attachment #{} - '{}' on request #{}",
-        a.id, a.name, a.request_id
-    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -362,8 +353,11 @@ impl Resource for Attachments {
 
     crate::record_id!();
 
-    async fn repr(_tx: &mut Tx, row: &AttachmentRow) -> Result<String, ApiError> {
-        Ok(repr(row))
+    async fn repr(_tx: &mut Tx, a: &AttachmentRow) -> Result<String, ApiError> {
+        Ok(format!(
+            "Attachment #{} - '{}' on request #{}",
+            a.id, a.name, a.request_id
+        ))
     }
 
     async fn validate(
@@ -526,7 +520,7 @@ pub async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let result = async {
         let (app, caller) = context(depot)?;
         let a = readable(&app.db, &caller, path_id(req)?).await?;
-        send_file(&app.config, &a, res).await
+        send_stored(&app.config, &a.file, &a.name, res).await
     }
     .await;
     if let Err(e) = result {
@@ -549,76 +543,13 @@ pub async fn media(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             .limit(1);
         let rows: Vec<AttachmentRow> = crate::store::fetch_all(&app.db, &q).await?;
         let a = rows.into_iter().next().ok_or_else(ApiError::not_found)?;
-        let a = readable(&app.db, &caller, a.id).await?;
-        send_file(&app.config, &a, res).await
+        Attachments::check_record(&app.db, &caller, &a).await?;
+        send_stored(&app.config, &a.file, &a.name, res).await
     }
     .await;
     if let Err(e) = result {
         e.render(res);
     }
-}
-
-/// Writes the file of `a` (or an `X-Accel-Redirect` to it) with its headers.
-async fn send_file(config: &Config, a: &AttachmentRow, res: &mut Response) -> Result<(), ApiError> {
-    let accel = config
-        .settings
-        .upload
-        .accel_redirect
-        .as_deref()
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_string);
-    let root = config.upload_dir();
-    let file = a.file.clone();
-    let with_body = accel.is_none();
-    // All file-system work off the async threads: checks, then the content.
-    let content =
-        tokio::task::spawn_blocking(move || uploads::read_for_download(&root, &file, with_body))
-            .await
-            .map_err(|_| ApiError::Internal)?
-            .map_err(|e| {
-                tracing::warn!("attachment {}: {e}", a.id);
-                ApiError::not_found()
-            })?;
-    let mime = uploads::mime_for(&a.file)
-        .map(|(_, m)| m)
-        .unwrap_or("application/octet-stream");
-    let shown = if a.name.trim().is_empty() {
-        a.file
-            .rsplit('/')
-            .next()
-            .unwrap_or("attachment")
-            .to_string()
-    } else {
-        a.name.clone()
-    };
-    let mut headers = vec![
-        (header::CONTENT_TYPE, mime.to_string()),
-        (header::CONTENT_DISPOSITION, content_disposition(&shown)),
-        (header::CACHE_CONTROL, "private, no-cache".to_string()),
-        // Uploaded SVG or HTML-looking content must never run in the API's origin.
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; sandbox".to_string(),
-        ),
-    ];
-    if let Some(prefix) = accel {
-        let target = format!(
-            "{}/{}",
-            prefix.trim_end_matches('/'),
-            uploads::percent_encode_path(&a.file)
-        );
-        headers.push((header::HeaderName::from_static("x-accel-redirect"), target));
-    }
-    for (name, value) in headers {
-        let value = HeaderValue::from_str(&value).map_err(|_| ApiError::Internal)?;
-        res.headers_mut().insert(name, value);
-    }
-    res.status_code(StatusCode::OK);
-    if let Some(content) = content {
-        res.write_body(content).map_err(|_| ApiError::Internal)?;
-    }
-    Ok(())
 }
 
 /// The download routes beside the resource's own.

@@ -1,13 +1,84 @@
-//! `Content-Disposition` (RFC 6266): the header of a file download, and the file name a
-//! multipart part's own header gives, read as multipart parsers read it (before salvo
-//! drops the path separators that upstream's base-name rule relies on).
+//! Files over HTTP: the response that sends a stored upload (its type, `Content-Disposition`
+//! per RFC 6266, or an `X-Accel-Redirect` for nginx), and the file name a multipart part's
+//! own header gives, read as multipart parsers read it (before salvo drops the path
+//! separators that upstream's base-name rule relies on).
 
+use crate::config::Config;
+use crate::infra::uploads;
+use crate::web::ApiError;
 use crate::web::canonical::percent_decode_strict;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use salvo::http::header;
+use salvo::http::StatusCode;
+use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
 use std::borrow::Cow;
 use std::path::Path;
+
+/// Answers with the stored `file` value: its content, or with `upload.accel_redirect` an
+/// `X-Accel-Redirect` for nginx to send it, typed from its extension and offered for download
+/// as `name` (the stored file's own name when blank). 404 when the file is not stored.
+pub async fn send_stored(
+    config: &Config,
+    file: &str,
+    name: &str,
+    res: &mut Response,
+) -> Result<(), ApiError> {
+    let accel = config
+        .settings
+        .upload
+        .accel_redirect
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string);
+    let root = config.upload_dir();
+    let stored = file.to_string();
+    let with_body = accel.is_none();
+    // All file-system work off the async threads: checks, then the content.
+    let content =
+        tokio::task::spawn_blocking(move || uploads::read_for_download(&root, &stored, with_body))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|e| {
+                tracing::warn!("stored file {file:?}: {e}");
+                ApiError::not_found()
+            })?;
+    let mime = uploads::mime_for(file)
+        .map(|(_, m)| m)
+        .unwrap_or("application/octet-stream");
+    let shown = if name.trim().is_empty() {
+        file.rsplit('/').next().unwrap_or("attachment")
+    } else {
+        name
+    };
+    let mut headers = vec![
+        (header::CONTENT_TYPE, mime.to_string()),
+        (header::CONTENT_DISPOSITION, content_disposition(shown)),
+        (header::CACHE_CONTROL, "private, no-cache".to_string()),
+        // Uploaded SVG or HTML-looking content must never run in the API's origin.
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox".to_string(),
+        ),
+    ];
+    if let Some(prefix) = accel {
+        let target = format!(
+            "{}/{}",
+            prefix.trim_end_matches('/'),
+            uploads::percent_encode_path(file)
+        );
+        headers.push((header::HeaderName::from_static("x-accel-redirect"), target));
+    }
+    for (name, value) in headers {
+        let value = HeaderValue::from_str(&value).map_err(|_| ApiError::Internal)?;
+        res.headers_mut().insert(name, value);
+    }
+    res.status_code(StatusCode::OK);
+    if let Some(content) = content {
+        res.write_body(content).map_err(|_| ApiError::Internal)?;
+    }
+    Ok(())
+}
 
 /// `attachment` with an ASCII `filename` fallback and the exact name as RFC 5987
 /// `filename*` (RFC 6266 §4.3).
