@@ -1,10 +1,11 @@
 //! Request bodies: JSON, form-urlencoded or multipart, all read into one JSON object so that
-//! validation is written once (domain.md §1.2).
+//! validation is written once (domain.md §1.2), and the file fields of multipart bodies.
 
 use crate::web::ApiError;
 use salvo::prelude::*;
 use serde_json::{Map, Value};
 use std::any::Any;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A parsed body. Form encodings repeat a key for list fields; such keys become arrays.
@@ -101,6 +102,49 @@ pub async fn read(req: &mut Request) -> Result<Body, ApiError> {
                 }),
             }
         }
+    }
+}
+
+/// What a client sent as a file field.
+#[derive(Debug, Clone)]
+pub enum FileField {
+    Absent,
+    Null,
+    /// A plain form/JSON value instead of a file part.
+    NotAFile,
+    /// A file part without a usable file name (empty, `.` or `..` after sanitising).
+    Nameless,
+    Part {
+        /// The client's base name, sanitised; display only.
+        name: String,
+        temp: PathBuf,
+        size: u64,
+    },
+}
+
+/// The file field `name` of a body: its last part in a multipart body (as Django's
+/// `MultiValueDict` picks it), with the client's file name reduced to a base name.
+pub async fn file_field(req: &mut Request, body: &Body, name: &str) -> FileField {
+    if let Some((_, salvo_name, temp, size)) = body.files.iter().rev().find(|f| f.0 == name) {
+        // salvo strips `/` and `\` from names (so `../x` reads `..x`); the raw header keeps
+        // them, which lets us take the base name as upstream does.
+        let base = crate::web::files::part_file_name(req, temp)
+            .await
+            .or_else(|| salvo_name.clone())
+            .and_then(|n| crate::infra::uploads::client_base_name(&n));
+        return match base {
+            Some(name) => FileField::Part {
+                name,
+                temp: temp.clone(),
+                size: *size,
+            },
+            None => FileField::Nameless,
+        };
+    }
+    match body.get(name) {
+        None => FileField::Absent,
+        Some(Value::Null) => FileField::Null,
+        Some(_) => FileField::NotAFile,
     }
 }
 

@@ -16,12 +16,12 @@ use crate::domain::validation::{Text, Validator};
 use crate::infra::uploads::{self, SUBDIR};
 use crate::store::audit::Action;
 use crate::store::{Db, Tx};
-use crate::web::api::body::Body;
+use crate::web::api::body::{self, Body, FileField};
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries::{self, AuditLogSummaryDoc, render_datetime};
 use crate::web::api::{Caller, context, path_id};
-use crate::web::files::{part_file_name, send_stored};
+use crate::web::files::send_stored;
 use crate::web::{ApiError, AppState};
 use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
@@ -103,54 +103,11 @@ pub struct Attachment {
 // The uploaded file
 // ---------------------------------------------------------------------------------------
 
-/// What a client sent as `file`.
-#[derive(Clone)]
-enum FileInput {
-    Absent,
-    Null,
-    /// A plain form/JSON value instead of a file part.
-    NotAFile,
-    /// A file part without a usable file name (empty, `.` or `..` after sanitising).
-    Nameless,
-    Part {
-        /// The client's base name, sanitised; display only.
-        name: String,
-        temp: PathBuf,
-        size: u64,
-    },
-}
-
 /// What `read_input` leaves for validation: the `file` field, and the settings it is
 /// checked against.
-struct FileField {
-    input: FileInput,
+struct Input {
+    file: FileField,
     config: Arc<Config>,
-}
-
-/// The last `file` part of a multipart body (as Django's `MultiValueDict` picks it), with
-/// its client file name reduced to a base name.
-async fn file_input(req: &mut Request, body: &Body) -> FileInput {
-    if let Some((_, salvo_name, temp, size)) = body.files.iter().rev().find(|f| f.0 == "file") {
-        // salvo strips `/` and `\` from names (so `../x` reads `..x`); the raw header keeps
-        // them, which lets us take the base name as upstream does.
-        let name = part_file_name(req, temp)
-            .await
-            .or_else(|| salvo_name.clone())
-            .and_then(|n| uploads::client_base_name(&n));
-        return match name {
-            Some(name) => FileInput::Part {
-                name,
-                temp: temp.clone(),
-                size: *size,
-            },
-            None => FileInput::Nameless,
-        };
-    }
-    match body.get("file") {
-        None => FileInput::Absent,
-        Some(Value::Null) => FileInput::Null,
-        Some(_) => FileInput::NotAFile,
-    }
 }
 
 /// A validated upload, ready to be stored.
@@ -163,31 +120,31 @@ pub struct Upload {
 /// DRF's FileField checks, then upstream's `validate_file` (size, type resolution, allow-list).
 fn check_file(
     v: &mut Validator,
-    input: FileInput,
+    input: FileField,
     required: bool,
     config: &Config,
 ) -> Option<Upload> {
     const FIELD: &str = "file";
     match input {
         // Django drops parts whose name sanitises to nothing, so they count as absent.
-        FileInput::Absent | FileInput::Nameless => {
+        FileField::Absent | FileField::Nameless => {
             if required {
                 v.error(FIELD, "No file was submitted.");
             }
             None
         }
-        FileInput::Null => {
+        FileField::Null => {
             v.error(FIELD, crate::domain::validation::NOT_NULL);
             None
         }
-        FileInput::NotAFile => {
+        FileField::NotAFile => {
             v.error(
                 FIELD,
                 "The submitted data was not a file. Check the encoding type on the form.",
             );
             None
         }
-        FileInput::Part { name, temp, size } => {
+        FileField::Part { name, temp, size } => {
             let limits = &config.settings.upload;
             if size == 0 {
                 v.error(FIELD, "The submitted file is empty.");
@@ -235,9 +192,9 @@ async fn validate(
     current: Option<&AttachmentRow>,
 ) -> Result<(AttachmentRow, Option<Upload>), ApiError> {
     body.require_object()?;
-    let field = body.input::<FileField>().ok_or(ApiError::Internal)?;
+    let input = body.input::<Input>().ok_or(ApiError::Internal)?;
     let mut v = Validator::new(&body.fields, partial);
-    let upload = check_file(&mut v, field.input.clone(), !partial, &field.config);
+    let upload = check_file(&mut v, input.file.clone(), !partial, &input.config);
     let name = v
         .text(
             "name",
@@ -446,15 +403,15 @@ impl Resource for Attachments {
         }
     }
 
-    /// The `file` field with its name as the part's header gives it.
+    /// The `file` field, its name as the part's own header gives it.
     async fn read_input(
         req: &mut Request,
         app: &AppState,
         body: &mut Body,
     ) -> Result<(), ApiError> {
-        let input = file_input(req, body).await;
-        body.input = Some(Arc::new(FileField {
-            input,
+        let file = body::file_field(req, body, "file").await;
+        body.input = Some(Arc::new(Input {
+            file,
             config: app.config.clone(),
         }));
         Ok(())
