@@ -18,7 +18,7 @@ use crate::store::audit::Action;
 use crate::store::{Db, Tx};
 use crate::web::api::body::{self, Body, FileField};
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
 use crate::web::api::summaries::{self, AuditLogSummaryDoc, render_datetime};
 use crate::web::api::{Caller, context, path_id};
 use crate::web::files::send_stored;
@@ -268,8 +268,11 @@ impl Resource for Attachments {
     const FIELDS: &'static [Field<AttachmentRow>] = &FIELDS;
     const SPEC: ListSpec = SPEC;
     /// Members of the request's team read; admins and owners create (`check_body`); staff
-    /// change and delete (`check_write`).
-    const POLICY: Policy = Policy::OPEN;
+    /// change and delete, once the record is found (404 before 403).
+    const POLICY: Policy = Policy {
+        record_write: Who::Staff,
+        ..Policy::OPEN
+    };
     const DOCS: Docs = Docs {
         tag: "Allocations - Request Attachments",
         id: "A unique integer value identifying this attachment.",
@@ -361,25 +364,7 @@ impl Resource for Attachments {
 
     /// Read access: staff, or a member of the request's team (403).
     async fn check_record(db: &Db, caller: &Caller, row: &AttachmentRow) -> Result<(), ApiError> {
-        if super::sees_request(db, caller, row.request_id).await? {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
-        }
-    }
-
-    /// Changes and deletes: staff only (403).
-    async fn check_write(
-        _db: &Db,
-        caller: &Caller,
-        _row: &AttachmentRow,
-        _action: Action,
-    ) -> Result<(), ApiError> {
-        if caller.is_staff() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
-        }
+        ApiError::forbidden_unless(super::sees_request(db, caller, row.request_id).await?)
     }
 
     /// View-level rule of a create: a non-staff caller must be an admin or owner of the body
@@ -396,11 +381,9 @@ impl Resource for Attachments {
         let Some(r) = body_request(db, body).await? else {
             return Err(ApiError::forbidden());
         };
-        if crate::store::teams::is_privileged(db, caller.id(), r.team_id).await? {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
-        }
+        ApiError::forbidden_unless(
+            crate::store::teams::is_privileged(db, caller.id(), r.team_id).await?,
+        )
     }
 
     /// The `file` field, its name as the part's own header gives it.

@@ -78,17 +78,13 @@ pub fn scope_to_caller_teams(q: &mut SelectStatement, caller: &Caller) {
     if caller.is_staff() {
         return;
     }
-    let me = caller.id();
-    let mut teams = Query::select();
-    teams
-        .column(Alias::new("team_id"))
-        .from(Alias::new("users_membership"))
-        .and_where(Expr::col(Alias::new("user_id")).eq(me));
     let mut requests = Query::select();
     requests
         .column(Alias::new("id"))
         .from(Alias::new(REQUESTS))
-        .and_where(Expr::col(Alias::new("team_id")).in_subquery(teams));
+        .and_where(
+            Expr::col(Alias::new("team_id")).in_subquery(crate::store::teams::of_user(caller.id())),
+        );
     q.and_where(Expr::col(Alias::new("request_id")).in_subquery(requests));
 }
 
