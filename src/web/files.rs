@@ -121,12 +121,12 @@ pub async fn part_file_name(req: &mut Request, temp: &Path) -> Option<String> {
         .flat_map(|(_, parts)| parts.iter())
         .find(|p| p.path() == temp)
         .and_then(|p| p.headers().get(header::CONTENT_DISPOSITION))
-        .and_then(|v| file_name(v.as_bytes()))
+        .and_then(|v| disposition_file_name(v.as_bytes()))
 }
 
 /// The `filename*` (RFC 5987) or `filename` parameter of a part's Content-Disposition, as
 /// multipart parsers read it, before any sanitising.
-pub fn file_name(header: &[u8]) -> Option<String> {
+pub fn disposition_file_name(header: &[u8]) -> Option<String> {
     let params = params(header);
     if let Some((_, v)) = params
         .iter()
@@ -224,14 +224,17 @@ mod tests {
     #[test]
     fn disposition_names_are_read_like_multipart_parsers() {
         let h = br#"form-data; name="file"; filename="C:\dir\a; b.txt""#;
-        assert_eq!(file_name(h).as_deref(), Some("C:\\dir\\a; b.txt"));
+        assert_eq!(
+            disposition_file_name(h).as_deref(),
+            Some("C:\\dir\\a; b.txt")
+        );
         let h = b"form-data; name=\"file\"; filename=\"x.txt\"; filename*=UTF-8''%C3%A9t%C3%A9.txt";
-        assert_eq!(file_name(h).as_deref(), Some("été.txt"));
+        assert_eq!(disposition_file_name(h).as_deref(), Some("été.txt"));
         let h = br#"form-data; name="file"; filename="say \"hi\".txt""#;
-        assert_eq!(file_name(h).as_deref(), Some("say \"hi\".txt"));
+        assert_eq!(disposition_file_name(h).as_deref(), Some("say \"hi\".txt"));
         let h = br#"form-data; name="file"; filename="..%2F..%2Fx.txt""#;
-        assert_eq!(file_name(h).as_deref(), Some("../../x.txt"));
-        assert_eq!(file_name(br#"form-data; name="file""#), None);
+        assert_eq!(disposition_file_name(h).as_deref(), Some("../../x.txt"));
+        assert_eq!(disposition_file_name(br#"form-data; name="file""#), None);
     }
 
     #[test]
