@@ -59,13 +59,3 @@ pub async fn in_request_team(db: &Db, user_id: i64, request_id: i64) -> Result<b
     .await)?;
     Ok(n > 0)
 }
-
-/// The team of allocation request `request_id`, `None` when the request does not exist.
-pub async fn request_team(db: &Db, request_id: i64) -> Result<Option<i64>, DbError> {
-    Ok(on_db!(db, |p| sqlx::query_scalar::<_, i64>(
-        "SELECT team_id FROM allocations_allocationrequest WHERE id = $1"
-    )
-    .bind(request_id)
-    .fetch_optional(p)
-    .await)?)
-}

@@ -134,30 +134,6 @@ pub(crate) fn meta(name: &'static str, description: &'static str) -> Metadata {
     }
 }
 
-macro_rules! collection {
-    ($path:expr, $list:expr, $create:expr, $name:expr) => {
-        $crate::web::route::Endpoint::protected($path)
-            .get($list)
-            .head($list)
-            .post($create)
-            .options($crate::web::api::meta($name, ""))
-            .format_suffix()
-    };
-}
-
-macro_rules! item {
-    ($path:expr, $get:expr, $put:expr, $patch:expr, $delete:expr, $name:expr) => {
-        $crate::web::route::Endpoint::protected($path)
-            .get($get)
-            .head($get)
-            .put($put)
-            .patch($patch)
-            .delete($delete)
-            .options($crate::web::api::meta($name, ""))
-            .format_suffix()
-    };
-}
-
 macro_rules! read_only {
     ($path:expr, $get:expr, $name:expr) => {
         $crate::web::route::Endpoint::protected($path)
@@ -167,9 +143,9 @@ macro_rules! read_only {
     };
 }
 
-// Route shapes shared by every resource family.
+// The route shape of read-only endpoints beside the declared resources.
 #[allow(unused_imports)]
-pub(crate) use {collection, item, read_only};
+pub(crate) use read_only;
 
 /// Every resource route, with upstream's exact paths.
 pub fn routes() -> Routes {

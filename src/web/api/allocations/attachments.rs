@@ -9,8 +9,7 @@
 //! upstream's frontend builds from the `file` value `allocations/<name>`; the unslashed form
 //! is answered with the usual 301 to the slashed one).
 
-use super::requests::AllocationRequestSummaryDoc;
-use super::{REQUESTS, body_request, request_summary, requests_by_id, scope_to_caller_teams};
+use super::shared::{self, AllocationRequestSummaryDoc, REQUESTS};
 use crate::config::Config;
 use crate::domain::validation::{Text, Validator};
 use crate::infra::uploads::{self, SUBDIR};
@@ -23,7 +22,7 @@ use crate::web::api::summaries::{self, AuditLogSummaryDoc, render_datetime};
 use crate::web::api::{Caller, context, path_id};
 use crate::web::files::send_stored;
 use crate::web::{ApiError, AppState};
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
@@ -209,12 +208,9 @@ async fn validate(
         .flatten();
     let request = v.pk("request", true);
     if let Some(r) = request
-        && crate::store::teams::request_team(db, r).await?.is_none()
+        && shared::request_team(db, r).await?.is_none()
     {
-        v.error(
-            "request",
-            format!("Invalid pk \"{r}\" - object does not exist."),
-        );
+        v.error("request", shared::invalid_pk(r));
     }
     v.finish()?;
     let row = match current {
@@ -223,7 +219,7 @@ async fn validate(
             id: c.id,
             file: c.file.clone(),
             name: name.unwrap_or_else(|| c.name.clone()),
-            uploaded: now(),
+            uploaded: shared::now(),
             request_id: request.unwrap_or(c.request_id),
         },
         None => {
@@ -234,17 +230,12 @@ async fn validate(
                 id: 0,
                 file: String::new(),
                 name: name.unwrap_or_else(|| upload.name.clone()),
-                uploaded: now(),
+                uploaded: shared::now(),
                 request_id,
             }
         }
     };
     Ok((row, upload))
-}
-
-/// Saved time of a row, at the database's microsecond precision.
-fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -339,7 +330,7 @@ impl Resource for Attachments {
     ) -> Result<Vec<Attachment>, ApiError> {
         let ids: Vec<i64> = rows.iter().map(|a| a.id).collect();
         let request_ids: Vec<i64> = rows.iter().map(|a| a.request_id).collect();
-        let requests = requests_by_id(db, &request_ids).await?;
+        let requests = shared::summaries_by_id(db, &request_ids).await?;
         let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
         Ok(rows
             .iter()
@@ -347,10 +338,7 @@ impl Resource for Attachments {
                 id: a.id,
                 file: a.file.clone(),
                 name: a.name.clone(),
-                _request: requests
-                    .get(&a.request_id)
-                    .map(request_summary)
-                    .unwrap_or(Value::Null),
+                _request: requests.get(&a.request_id).cloned().unwrap_or(Value::Null),
                 _history: history.remove(&a.id).unwrap_or_default(),
                 uploaded: render_datetime(&a.uploaded, tz),
                 request: a.request_id,
@@ -359,7 +347,7 @@ impl Resource for Attachments {
     }
 
     fn scope(q: &mut SelectStatement, caller: &Caller) {
-        scope_to_caller_teams(q, caller)
+        shared::scope_via_request(q, caller, "request_id")
     }
 
     /// Read access: staff, or a member of the request's team (403).
@@ -378,12 +366,10 @@ impl Resource for Attachments {
         if action != Action::Create || caller.is_staff() {
             return Ok(());
         }
-        let Some(r) = body_request(db, body).await? else {
+        let Some(team) = shared::body_request_team(db, body).await? else {
             return Err(ApiError::forbidden());
         };
-        ApiError::forbidden_unless(
-            crate::store::teams::is_privileged(db, caller.id(), r.team_id).await?,
-        )
+        ApiError::forbidden_unless(crate::store::teams::is_privileged(db, caller.id(), team).await?)
     }
 
     /// The `file` field, its name as the part's own header gives it.

@@ -2,11 +2,7 @@
 //! of the request's team may read and write the team's public comments; private comments
 //! exist for staff only (hidden from lists and 403 on items for everyone else).
 
-use super::requests::AllocationRequestSummaryDoc;
-use super::{
-    REQUESTS, body_request, is_member_or_staff, request_summary, requests_by_id,
-    scope_to_caller_teams,
-};
+use super::shared::{self, AllocationRequestSummaryDoc, REQUESTS};
 use crate::domain::validation::{Text, Validator};
 use crate::store::audit::Action;
 use crate::store::users::User;
@@ -91,7 +87,7 @@ pub struct Comment {
 /// Non-staff: comments on their teams' requests, public ones only.
 fn scope(q: &mut SelectStatement, caller: &Caller) {
     if !caller.is_staff() {
-        scope_to_caller_teams(q, caller);
+        shared::scope_via_request(q, caller, "request_id");
         q.and_where(Expr::col(Alias::new("private")).eq(false));
     }
 }
@@ -115,7 +111,7 @@ async fn check_body_request(
     if caller.is_staff() {
         return Ok(());
     }
-    let Some(r) = body_request(db, body).await? else {
+    let Some(team) = shared::body_request_team(db, body).await? else {
         return match action {
             Action::Create => Err(ApiError::forbidden()),
             _ => Ok(()),
@@ -123,7 +119,7 @@ async fn check_body_request(
     };
     // ⚑ Upstream lets a member move a comment to any team's request; Keystone requires
     // membership in the new request's team too (domain.md §7.7).
-    ApiError::forbidden_unless(is_member_or_staff(db, caller, r.team_id).await?)
+    ApiError::forbidden_unless(crate::store::teams::is_member(db, caller.id(), team).await?)
 }
 
 async fn repr(tx: &mut Tx, c: &CommentRow) -> Result<String, ApiError> {
@@ -173,7 +169,7 @@ async fn validate(
         }
     }
     if let Some(r) = request
-        && crate::store::teams::request_team(db, r).await?.is_none()
+        && shared::request_team(db, r).await?.is_none()
     {
         v.error(
             "request",
@@ -295,7 +291,7 @@ impl Resource for Comments {
         let user_ids: Vec<i64> = rows.iter().map(|c| c.user_id).collect();
         let request_ids: Vec<i64> = rows.iter().map(|c| c.request_id).collect();
         let users = summaries::users_by_id(db, &user_ids).await?;
-        let requests = requests_by_id(db, &request_ids).await?;
+        let requests = shared::summaries_by_id(db, &request_ids).await?;
         let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
         Ok(rows
             .iter()
@@ -303,10 +299,7 @@ impl Resource for Comments {
                 id: c.id,
                 user: c.user_id,
                 _user: users.get(&c.user_id).cloned().unwrap_or(Value::Null),
-                _request: requests
-                    .get(&c.request_id)
-                    .map(request_summary)
-                    .unwrap_or(Value::Null),
+                _request: requests.get(&c.request_id).cloned().unwrap_or(Value::Null),
                 _history: history.remove(&c.id).unwrap_or_default(),
                 content: c.content.clone(),
                 created: render_datetime(&c.created, tz),

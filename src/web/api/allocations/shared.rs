@@ -2,10 +2,12 @@
 //! summary (domain.md §4), the membership scope of its children (§7.2) and the small pieces
 //! of their validation (creation times, unknown ids).
 
+use crate::domain::validation::pk_value;
 use crate::on_db;
 use crate::store::Db;
 use crate::web::ApiError;
 use crate::web::api::Caller;
+use crate::web::api::body::Body;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
@@ -110,4 +112,13 @@ pub async fn summaries_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>
             (r.id, summary)
         })
         .collect())
+}
+
+/// The team of the request a body's `request` key names, when it parses and the request
+/// exists (the view-level rules of the children's writes).
+pub async fn body_request_team(db: &Db, body: &Body) -> Result<Option<i64>, ApiError> {
+    match body.get("request").and_then(|v| pk_value(v).ok()) {
+        Some(id) => request_team(db, id).await,
+        None => Ok(None),
+    }
 }
