@@ -284,8 +284,10 @@ pub fn pk_value(v: &Value) -> Result<i64, String> {
     }
 }
 
-/// Django's EmailValidator, simplified: one `@`, a non-empty local part of allowed characters
-/// and a dotted domain of letters, digits and hyphens (or a bracketed literal).
+/// Django's EmailValidator, simplified: one `@`, a non-empty local part of ASCII letters,
+/// digits and the allowed symbols (Django's `user_regex` is ASCII only), and a dotted domain
+/// of letters, digits and hyphens, where letters may be non-ASCII (Django retries such a
+/// domain in its IDNA form), or a bracketed literal.
 pub fn valid_email(s: &str) -> bool {
     let Some((local, domain)) = s.rsplit_once('@') else {
         return false;
@@ -297,8 +299,11 @@ pub fn valid_email(s: &str) -> bool {
         !part.is_empty()
             && part
                 .chars()
-                .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c))
-    }) || (local.starts_with('"') && local.ends_with('"') && local.len() >= 2);
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c))
+    }) || (local.starts_with('"')
+        && local.ends_with('"')
+        && local.len() >= 2
+        && local.is_ascii());
     if !local_ok {
         return false;
     }
@@ -335,6 +340,7 @@ mod tests {
             "a@example.org",
             "first.last+tag@sub.example.co",
             "x@localhost",
+            "ops@bücher.example",
         ] {
             assert!(valid_email(ok), "{ok}");
         }
@@ -347,6 +353,9 @@ mod tests {
             "a b@c.org",
             "a@-b.org",
             "a..b@c.org",
+            "é@é.ée",
+            "jürgen@example.org",
+            "\"jü\"@example.org",
         ] {
             assert!(!valid_email(bad), "{bad}");
         }

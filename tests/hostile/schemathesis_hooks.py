@@ -99,6 +99,9 @@ def _form_fields(body, schema, required):
     out = {}
     for key, value in body.items():
         prop = schema.get("properties", {}).get(key, {})
+        if isinstance(value, list) and not value:
+            # An empty list encodes as no field at all: the API never sees the key.
+            continue
         if isinstance(value, list):
             out[key] = [_coerce(_wire_text(v), prop.get("items", {})) for v in value]
             continue
@@ -122,7 +125,8 @@ def filter_failure(context, failure, case, response):
 
     - "invalid data accepted" when the body was invalid solely through values DRF coerces
       (e.g. `{"is_active": 0}`, `{"name": 5}`, or in a form `end_date=` for a nullable date,
-      which DRF reads as null): once coerced it validates;
+      which DRF reads as null, or an empty list, which a form body cannot carry and sends as
+      no field at all): once coerced it validates;
     - "valid data rejected" with 400 "Malformed request body" when a multipart part's name
       holds a raw control byte: a part header is header syntax, which has no control bytes
       (RFC 7578 §4.2, RFC 9110 §5.5), so the body cannot be parsed."""
