@@ -94,6 +94,18 @@ impl User {
 pub const USER_COLUMNS: &str = "id, username, password, first_name, last_name, email, department, role, \
      is_active, is_staff, is_superuser, is_ldap_user, date_joined, last_login";
 
+/// An account's username inside a write's transaction ("" when there is no such account),
+/// for the audit texts that name it.
+pub async fn username_in(tx: &mut super::Tx, id: i64) -> Result<String, DbError> {
+    let name: Option<String> = crate::on_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT username FROM users_user WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(c)
+    .await)?;
+    Ok(name.unwrap_or_default())
+}
+
 /// Whether an account is active; `None` when it does not exist.
 pub async fn active(db: &Db, id: i64) -> Result<Option<bool>, DbError> {
     super::is_active(db, "users_user", id).await

@@ -5,7 +5,7 @@ use super::Caller;
 use super::body::Body;
 use super::list::{Column, Kind, ListSpec, search_via};
 use super::resource::{self, Docs, Field, Policy, Resource, Val};
-use super::summaries::{self, MembershipRow, user_summary};
+use super::summaries::{self, MembershipRow};
 use super::summaries::{AuditLogSummaryDoc, TeamSummaryDoc, UserSummaryDoc};
 use crate::domain::validation::Validator;
 use crate::store::audit::Action;
@@ -286,18 +286,14 @@ impl Resource for Memberships {
         let ids: Vec<i64> = rows.iter().map(|m| m.id).collect();
         let user_ids: Vec<i64> = rows.iter().map(|m| m.user_id).collect();
         let team_ids: Vec<i64> = rows.iter().map(|m| m.team_id).collect();
-        let users = summaries::load_users(db, &user_ids).await?;
+        let users = summaries::users_by_id(db, &user_ids).await?;
         let teams = summaries::teams_by_id(db, &team_ids).await?;
         let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
         Ok(rows
             .iter()
             .map(|m| Membership {
                 id: m.id,
-                _user: users
-                    .iter()
-                    .find(|u| u.id == m.user_id)
-                    .map(user_summary)
-                    .unwrap_or(Value::Null),
+                _user: users.get(&m.user_id).cloned().unwrap_or(Value::Null),
                 _team: teams.get(&m.team_id).cloned().unwrap_or(Value::Null),
                 _history: history.remove(&m.id).unwrap_or_default(),
                 role: m.role.clone(),

@@ -134,7 +134,7 @@ fn user_columns() -> Vec<Alias> {
 }
 
 /// Users by id (one query).
-pub async fn load_users(db: &Db, ids: &[i64]) -> Result<Vec<User>, DbError> {
+async fn load_users(db: &Db, ids: &[i64]) -> Result<Vec<User>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }

@@ -5,7 +5,7 @@ use super::Caller;
 use super::body::Body;
 use super::list::{Column, Kind, ListSpec, search};
 use super::resource::{self, Docs, Field, Policy, Resource, Val, Write};
-use super::summaries::{self, TeamRow, user_summary};
+use super::summaries::{self, TeamRow};
 use super::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
 use crate::domain::policy;
 use crate::domain::validation::{Text, Validator};
@@ -235,7 +235,7 @@ impl Resource for Teams {
         let ids: Vec<i64> = teams.iter().map(|t| t.id).collect();
         let memberships = summaries::memberships_where(db, "team_id", &ids).await?;
         let user_ids: Vec<i64> = memberships.iter().map(|m| m.user_id).collect();
-        let users = summaries::load_users(db, &user_ids).await?;
+        let users = summaries::users_by_id(db, &user_ids).await?;
         let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
         Ok(teams
             .iter()
@@ -248,11 +248,7 @@ impl Resource for Teams {
                         id: m.id,
                         user: m.user_id,
                         role: m.role.clone(),
-                        _user: users
-                            .iter()
-                            .find(|u| u.id == m.user_id)
-                            .map(user_summary)
-                            .unwrap_or(Value::Null),
+                        _user: users.get(&m.user_id).cloned().unwrap_or(Value::Null),
                     })
                     .collect();
                 let mut member_ids: Vec<i64> = mine.iter().map(|m| m.user_id).collect();

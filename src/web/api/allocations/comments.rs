@@ -4,6 +4,7 @@
 
 use super::shared::{self, AllocationRequestSummaryDoc, REQUESTS};
 use crate::domain::validation::{Text, Validator};
+use crate::on_db;
 use crate::store::audit::Action;
 use crate::store::users::User;
 use crate::store::{Db, Tx};
@@ -14,7 +15,6 @@ use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
 use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Write};
 use crate::web::api::summaries::{self, render_datetime};
 use crate::web::api::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
-use crate::{on_db, on_tx};
 use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
@@ -123,17 +123,10 @@ async fn check_body_request(
 }
 
 async fn repr(tx: &mut Tx, c: &CommentRow) -> Result<String, ApiError> {
-    let username: Option<String> = on_tx!(tx, |conn| sqlx::query_scalar(
-        "SELECT username FROM users_user WHERE id = $1"
-    )
-    .bind(c.user_id)
-    .fetch_optional(conn)
-    .await)?;
+    let username = crate::store::users::username_in(tx, c.user_id).await?;
     Ok(format!(
         "Comment #{} - by {} on request #{}",
-        c.id,
-        username.unwrap_or_default(),
-        c.request_id
+        c.id, username, c.request_id
     ))
 }
 

@@ -4,7 +4,6 @@
 
 use super::shared::{self, AllocationRequestSummaryDoc, REQUESTS, invalid_pk};
 use crate::domain::validation::Validator;
-use crate::on_tx;
 use crate::store::audit::Snapshot;
 use crate::store::{Db, Tx};
 use crate::web::ApiError;
@@ -109,13 +108,8 @@ pub fn repr_with(r: &ReviewRow, reviewer_username: &str) -> String {
 }
 
 async fn repr(tx: &mut Tx, r: &ReviewRow) -> Result<String, ApiError> {
-    let username: Option<String> = on_tx!(tx, |c| sqlx::query_scalar(
-        "SELECT username FROM users_user WHERE id = $1"
-    )
-    .bind(r.reviewer_id)
-    .fetch_optional(c)
-    .await)?;
-    Ok(repr_with(r, &username.unwrap_or_default()))
+    let username = crate::store::users::username_in(tx, r.reviewer_id).await?;
+    Ok(repr_with(r, &username))
 }
 
 /// Validates a body; `current` is the review being updated. The caller is staff.

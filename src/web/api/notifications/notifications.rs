@@ -11,7 +11,7 @@ use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
 use crate::web::api::resource::{Docs, Field, Op, Policy, Resource, UNOFFERED, Val, Write};
 use crate::web::api::summaries::UserSummaryDoc;
-use crate::web::api::summaries::{self, render_datetime, user_summary};
+use crate::web::api::summaries::{self, render_datetime};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
@@ -201,7 +201,7 @@ impl Resource for Notifications {
         rows: &[NotificationRow],
     ) -> Result<Vec<Notification>, ApiError> {
         let user_ids: Vec<i64> = rows.iter().map(|n| n.user_id).collect();
-        let users = summaries::load_users(db, &user_ids).await?;
+        let users = summaries::users_by_id(db, &user_ids).await?;
         Ok(rows
             .iter()
             .map(|n| Notification {
@@ -212,11 +212,7 @@ impl Resource for Notifications {
                 message_html: n.message_html.clone(),
                 notification_type: n.notification_type.clone(),
                 user: n.user_id,
-                _user: users
-                    .iter()
-                    .find(|u| u.id == n.user_id)
-                    .map(user_summary)
-                    .unwrap_or(Value::Null),
+                _user: users.get(&n.user_id).cloned().unwrap_or(Value::Null),
             })
             .collect())
     }

@@ -11,8 +11,8 @@ use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
 use crate::web::api::resource::{Docs, Field, Policy, Resource, Val};
+use crate::web::api::summaries;
 use crate::web::api::summaries::UserSummaryDoc;
-use crate::web::api::summaries::{self, user_summary};
 use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
@@ -269,16 +269,12 @@ impl Resource for Preferences {
         rows: &[PreferenceRow],
     ) -> Result<Vec<Preference>, ApiError> {
         let user_ids: Vec<i64> = rows.iter().map(|r| r.user_id).collect();
-        let users = summaries::load_users(db, &user_ids).await?;
+        let users = summaries::users_by_id(db, &user_ids).await?;
         Ok(rows
             .iter()
             .map(|r| Preference {
                 id: r.id,
-                _user: users
-                    .iter()
-                    .find(|u| u.id == r.user_id)
-                    .map(user_summary)
-                    .unwrap_or(Value::Null),
+                _user: users.get(&r.user_id).cloned().unwrap_or(Value::Null),
                 request_expiry_thresholds: r.thresholds_json(),
                 notify_on_expiration: r.notify_on_expiration,
                 user: r.user_id,
