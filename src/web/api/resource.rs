@@ -191,10 +191,10 @@ impl Policy {
         body_first: false,
     };
 
-    /// Members (as `check_record` decides) read; staff alone create (refused up front) and
-    /// change or delete (refused once the record is found: 404 before 403).
-    pub const STAFF_WRITES_AFTER_RECORD: Policy = Policy {
-        create: Who::Staff,
+    /// Records of a request's team: members read (as `check_record` decides), creates follow
+    /// the resource's `check_body`, and staff alone change or delete, refused once the record
+    /// is found (404 before 403).
+    pub const STAFF_CHANGES: Policy = Policy {
         record_write: Who::Staff,
         ..Policy::OPEN
     };

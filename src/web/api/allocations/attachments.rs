@@ -17,7 +17,7 @@ use crate::store::audit::Action;
 use crate::store::{Db, Tx};
 use crate::web::api::body::{self, Body, FileField};
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries::{self, AuditLogSummaryDoc, render_datetime};
 use crate::web::api::{Caller, context, path_id};
 use crate::web::files::send_stored;
@@ -260,10 +260,7 @@ impl Resource for Attachments {
     const SPEC: ListSpec = SPEC;
     /// Members of the request's team read; admins and owners create (`check_body`); staff
     /// change and delete, once the record is found (404 before 403).
-    const POLICY: Policy = Policy {
-        record_write: Who::Staff,
-        ..Policy::OPEN
-    };
+    const POLICY: Policy = Policy::STAFF_CHANGES;
     const DOCS: Docs = Docs {
         tag: "Allocations - Request Attachments",
         id: "A unique integer value identifying this attachment.",

@@ -12,7 +12,7 @@ use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Write};
 use crate::web::api::summaries::render_datetime;
 use crate::web::api::summaries::{self, AuditLogSummaryDoc, TeamSummaryDoc, UserSummaryDoc};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -443,10 +443,7 @@ impl Resource for Requests {
     const SPEC: ListSpec = SPEC;
     /// Creates follow `may_create` (`check_body`, before validation); item writes are
     /// staff-only once the record is found (404 before 403).
-    const POLICY: Policy = Policy {
-        record_write: Who::Staff,
-        ..Policy::OPEN
-    };
+    const POLICY: Policy = Policy::STAFF_CHANGES;
     const DOCS: Docs = Docs {
         tag: "Allocations - Requests",
         id: "A unique integer value identifying this allocation request.",

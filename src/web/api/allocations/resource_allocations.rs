@@ -12,7 +12,7 @@ use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::{self, Body};
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val};
 use crate::web::api::summaries::AuditLogSummaryDoc;
 use chrono_tz::Tz;
 use salvo::oapi::{Components, RefOr, Schema, ToSchema};
@@ -323,10 +323,7 @@ impl Resource for ResourceAllocations {
     const SPEC: ListSpec = SPEC;
     /// Creates follow `may_create` (`check_body`); item writes are staff-only once the
     /// record is found (404 before 403).
-    const POLICY: Policy = Policy {
-        record_write: Who::Staff,
-        ..Policy::OPEN
-    };
+    const POLICY: Policy = Policy::STAFF_CHANGES;
     const DOCS: Docs = Docs {
         tag: "Allocations - Allocated Resources",
         id: "A unique integer value identifying this resource allocation.",

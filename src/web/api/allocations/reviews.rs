@@ -10,7 +10,7 @@ use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
 use crate::web::api::list::{Column, Kind, ListSpec, search_via};
-use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Write};
+use crate::web::api::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
 use crate::web::api::summaries::{self, render_datetime};
 use crate::web::api::summaries::{AuditLogSummaryDoc, UserSummaryDoc};
 use chrono::{DateTime, Utc};
@@ -176,7 +176,11 @@ impl Resource for Reviews {
     const MODEL: &'static str = MODEL;
     const FIELDS: &'static [Field<ReviewRow>] = &FIELDS;
     const SPEC: ListSpec = SPEC;
-    const POLICY: Policy = Policy::STAFF_WRITES_AFTER_RECORD;
+    /// Staff alone create (refused up front), change and delete.
+    const POLICY: Policy = Policy {
+        create: Who::Staff,
+        ..Policy::STAFF_CHANGES
+    };
     const DOCS: Docs = Docs {
         tag: "Allocations - Reviews",
         id: "A unique integer value identifying this allocation review.",
