@@ -56,6 +56,7 @@ pub fn routes(json: bool) -> ExitCode {
             let access = match r.policy.access {
                 crate::web::route::Access::Public => "public",
                 crate::web::route::Access::Authenticated => "authenticated",
+                crate::web::route::Access::Staff => "staff",
             };
             let throttled = if r.policy.throttled { "yes" } else { "no" };
             out.push_str(&format!(

@@ -82,6 +82,23 @@ async fn session_user(
     Ok(Some((user, claims)))
 }
 
+/// The hoop of each method a staff-only route maps, after its [`Gate`]: 403 for a caller
+/// who is not staff, so no handler of such a route runs for one.
+pub struct StaffOnly;
+
+#[handler]
+impl StaffOnly {
+    async fn handle(&self, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        let staff = depot
+            .get_typed::<Caller>()
+            .is_ok_and(|caller| caller.is_staff());
+        if !staff {
+            ApiError::forbidden().render(res);
+            ctrl.skip_rest();
+        }
+    }
+}
+
 /// The hoop of a route: identifies the caller, applies the route's policy, and puts the
 /// authenticated [`Caller`] (if any) in the depot for the handlers.
 pub struct Gate(pub Policy);
@@ -112,7 +129,7 @@ impl Gate {
             Ok(d) => Some(d.0.clone()),
             Err(_) => identify(req, &app).await?,
         };
-        if caller.is_none() && self.0.access == Access::Authenticated {
+        if caller.is_none() && self.0.access != Access::Public {
             return Err(ApiError::not_authenticated());
         }
         if self.0.throttled

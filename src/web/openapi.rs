@@ -267,7 +267,7 @@ fn describe_access_and_errors(paths: &mut Map<String, Value>, routes: &[RouteInf
         let route = routes
             .iter()
             .find(|r| route_key(&r.path) == route_key(path));
-        let protected = route.is_none_or(|r| r.policy.access == Access::Authenticated);
+        let protected = route.is_none_or(|r| r.policy.access != Access::Public);
         let throttled = route.is_none_or(|r| r.policy.throttled);
         let has_id = path.contains('{');
         for (method, op) in ops.iter_mut() {

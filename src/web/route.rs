@@ -5,7 +5,7 @@
 //! caller gets 401 for every method on a protected route).
 
 use super::ApiError;
-use super::access::Gate;
+use super::access::{Gate, StaffOnly};
 use super::negotiation::{self, Negotiate, Renderer};
 use salvo::http::Method;
 use salvo::http::header::{self, HeaderValue};
@@ -23,6 +23,9 @@ pub enum Access {
     Public,
     /// An authenticated caller; anonymous requests get 401 for every method.
     Authenticated,
+    /// An authenticated staff caller: anonymous requests get 401 for every method, other
+    /// callers 403 for every method the route maps (the others still answer 405).
+    Staff,
 }
 
 /// The access rules of one route.
@@ -42,6 +45,11 @@ impl Policy {
     /// An open API view (login, version, health, OpenAPI): throttled.
     pub const PUBLIC: Policy = Policy {
         access: Access::Public,
+        throttled: true,
+    };
+    /// A staff-only API view (the logs): throttled.
+    pub const STAFF: Policy = Policy {
+        access: Access::Staff,
         throttled: true,
     };
     /// Not an API view (the site root): open and never throttled.
@@ -76,6 +84,11 @@ impl Endpoint {
     /// A route whose handlers need an authenticated caller.
     pub fn protected(path: impl Into<String>) -> Self {
         Self::new(path, Policy::PROTECTED)
+    }
+
+    /// A route whose handlers need an authenticated staff caller.
+    pub fn staff(path: impl Into<String>) -> Self {
+        Self::new(path, Policy::STAFF)
     }
 
     /// A route open to anonymous callers.
@@ -134,6 +147,9 @@ impl Endpoint {
             let mut router = Router::with_path(path);
             for (method, goal) in self.methods.iter().zip(&self.goals) {
                 let mut child = Router::with_filter(MethodFilter::new(method.clone()));
+                if self.policy.access == Access::Staff {
+                    child = child.hoop(StaffOnly);
+                }
                 if shared {
                     child = child.goal(Shared(goal.clone()));
                 } else {

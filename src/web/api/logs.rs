@@ -3,7 +3,7 @@
 
 use super::list::{self as listing, Column, Kind, ListSpec, search, search_via};
 use super::summaries::{render_datetime, users_by_id};
-use super::{Caller, context, path_id};
+use super::{context, path_id};
 use crate::store::{Db, FetchRow};
 use crate::web::ApiError;
 use chrono::{DateTime, Utc};
@@ -14,11 +14,6 @@ use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
 use serde_json::{Value, json};
-
-/// Staff only for reading; writes are 405 by routing (after authentication).
-fn require_staff(caller: &Caller) -> Result<(), ApiError> {
-    ApiError::forbidden_unless(caller.is_staff())
-}
 
 const USER_HOPS: &[(&str, &str)] = &[("user_id", "users_user")];
 const ACTOR_HOPS: &[(&str, &str)] = &[("actor_id", "users_user")];
@@ -376,8 +371,7 @@ impl LogView for FeedRow {
 
 /// One staff-only list: parse, page in the log's default order, represent.
 async fn staff_list<R: LogView>(req: &Request, depot: &Depot) -> Result<Value, ApiError> {
-    let (app, caller) = context(depot)?;
-    require_staff(&caller)?;
+    let (app, _) = context(depot)?;
     let (rows, page) = listing::page_ordered::<R>(
         req,
         &app.db,
@@ -403,8 +397,7 @@ async fn staff_item<R: LogView>(
     depot: &Depot,
     model: &str,
 ) -> Result<Value, ApiError> {
-    let (app, caller) = context(depot)?;
-    require_staff(&caller)?;
+    let (app, _) = context(depot)?;
     let id = path_id(req)?;
     let mut q = Query::select();
     q.columns(R::FIELDS.iter().map(|f| Alias::new(*f)))
@@ -537,21 +530,6 @@ pub async fn index(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     super::respond(res, StatusCode::OK, result);
 }
 
-/// OPTIONS on the staff-only log views: 403 for everyone else.
-#[handler]
-pub async fn staff_options(depot: &mut Depot, res: &mut Response) {
-    let result = context(depot).and_then(|(_, caller)| {
-        require_staff(&caller)?;
-        Ok(json!({
-            "name": "Log",
-            "description": "",
-            "renders": ["application/json"],
-            "parses": ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"],
-        }))
-    });
-    super::respond(res, StatusCode::OK, result);
-}
-
 /// List request logs.
 ///
 /// Returns a list of HTTP request records. Staff only.
@@ -653,13 +631,14 @@ pub async fn feed(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 /// The routes of the log views.
 pub fn routes() -> crate::web::route::Routes {
     use crate::web::route::{Endpoint, Routes};
-    // A staff-only read view: GET and HEAD, OPTIONS (403 for non-staff), format suffix.
+    // A staff-only read view (the route refuses everyone else, OPTIONS included; writes
+    // are 405): GET and HEAD, OPTIONS, format suffix.
     macro_rules! staff_view {
         ($path:literal, $handler:ident) => {
-            Endpoint::protected($path)
+            Endpoint::staff($path)
                 .get($handler)
                 .head($handler)
-                .options(staff_options)
+                .options(super::meta("Log", ""))
                 .format_suffix()
         };
     }
@@ -678,9 +657,9 @@ pub fn routes() -> crate::web::route::Routes {
         .push(staff_view!("logs/tasks/", tasks))
         .push(staff_view!("logs/tasks/{id}/", task))
         .push(
-            Endpoint::protected("logs/feed/")
+            Endpoint::staff("logs/feed/")
                 .get(feed)
                 .head(feed)
-                .options(staff_options),
+                .options(super::meta("Log", "")),
         )
 }
