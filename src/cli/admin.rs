@@ -139,7 +139,7 @@ pub fn run_user(config: &Config, cmd: &UserCommand) -> ExitCode {
         UserCommand::SetPassword {
             username,
             password_stdin,
-        } => set_password(db, username, *password_stdin).await,
+        } => set_password(config, db, username, *password_stdin).await,
         UserCommand::List => list(db).await,
     })
 }
@@ -239,7 +239,7 @@ async fn create(db: &Db, args: &CreateArgs) -> ExitCode {
     }
 }
 
-async fn set_password(db: &Db, username: &str, from_stdin: bool) -> ExitCode {
+async fn set_password(config: &Config, db: &Db, username: &str, from_stdin: bool) -> ExitCode {
     let user = match users::by_username(db, username).await {
         Ok(Some(u)) => u,
         Ok(None) => return fail(format!("user '{username}' does not exist")),
@@ -307,6 +307,12 @@ async fn set_password(db: &Db, username: &str, from_stdin: bool) -> ExitCode {
     .await;
     match outcome {
         Ok(()) => {
+            // Sessions of the account end at once in every web process.
+            crate::identity::sessions::invalidate_with(
+                config,
+                crate::identity::sessions::Target::User(user.id),
+            )
+            .await;
             println!("Password changed successfully for user '{username}'.");
             ExitCode::SUCCESS
         }

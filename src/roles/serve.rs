@@ -4,6 +4,7 @@
 use crate::config::{Config, Engine};
 use crate::daemon::{self, Listener};
 use crate::identity::secret;
+use crate::identity::sessions::{Bus, Cache, Sessions};
 use crate::infra::health::HealthChecker;
 use crate::store::Db;
 use crate::web::{self, AppState, InheritedUnixAcceptor};
@@ -83,6 +84,27 @@ pub async fn open_database(config: &Config) -> Result<Db, ServeError> {
         .await
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     Ok(db)
+}
+
+/// Session lookups of a web process: cached, and kept honest through Redis, when Redis is
+/// configured; straight from the database otherwise.
+async fn sessions(config: &Config, db: &Db) -> Result<Sessions, ServeError> {
+    let Some(url) = config.redis_url() else {
+        return Ok(Sessions::new(db.clone(), None));
+    };
+    let startup = |e: fred::error::Error| {
+        ServeError::Startup(format!(
+            "Redis is not reachable for session invalidations: {e}"
+        ))
+    };
+    let bus = Arc::new(
+        Bus::connect(&url, &config.settings.redis.prefix, &daemon::node_id())
+            .await
+            .map_err(startup)?,
+    );
+    let cache = Arc::new(Cache::new());
+    bus.listen(cache.clone()).await.map_err(startup)?;
+    Ok(Sessions::cached(db.clone(), bus, cache))
 }
 
 pub async fn require_redis(config: &Config) -> Result<(), ServeError> {
@@ -176,13 +198,14 @@ pub async fn serve(
 
     let server = match (role.serves_http(), listener) {
         (true, Some(listener)) => {
+            let sessions = sessions(&config, &db).await?;
             let state = Arc::new(AppState {
                 config: config.clone(),
                 timezone: config.timezone(),
                 db: db.clone(),
                 secret_key: secret_key.clone(),
                 throttle: Arc::new(crate::web::throttle::connect(config.redis_url()).await),
-                revocations: Arc::new(crate::identity::sessions::Revocations::new(db.clone())),
+                sessions: Arc::new(sessions),
                 request_log: request_log.clone(),
                 health: Arc::new(HealthChecker::new(config.clone(), db.clone())),
                 openapi: Arc::new(web::openapi::documents(&web::router())),

@@ -69,6 +69,10 @@ pub async fn run(ctx: &TaskContext) -> Result<Summary, TaskError> {
     let cli = CLI_RUN.try_with(Arc::clone).ok();
     let force = cli.as_ref().is_some_and(|c| c.force);
     let summary = sync(&ctx.config.settings.ldap, &ctx.db, force).await?;
+    // Accounts may have been changed, deactivated or deleted: web processes look sessions
+    // up afresh.
+    crate::identity::sessions::invalidate_with(&ctx.config, crate::identity::sessions::Target::All)
+        .await;
     if let Some(cli) = cli
         && let Ok(mut slot) = cli.summary.lock()
     {

@@ -39,8 +39,8 @@ pub struct AppState {
     /// Signing key of session tokens.
     pub secret_key: Option<String>,
     pub throttle: Arc<crate::web::throttle::Throttle>,
-    /// Logged-out sessions.
-    pub revocations: Arc<crate::identity::sessions::Revocations>,
+    /// Session lookups (cached with Redis), logouts and their invalidation everywhere.
+    pub sessions: Arc<crate::identity::sessions::Sessions>,
     /// Request logging (None disables it, e.g. in benchmarks of the bare stack).
     pub request_log: Option<request_log::RequestLog>,
     pub health: Arc<HealthChecker>,

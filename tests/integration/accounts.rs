@@ -1311,14 +1311,17 @@ struct PrivateRedis {
 }
 
 impl PrivateRedis {
-    fn start() -> Option<PrivateRedis> {
-        let port = free_port();
-        let child = std::process::Command::new("redis-server")
+    fn spawn(port: u16) -> std::io::Result<std::process::Child> {
+        std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
-            .spawn();
-        let child = match child {
+            .spawn()
+    }
+
+    fn start() -> Option<PrivateRedis> {
+        let port = free_port();
+        let child = match PrivateRedis::spawn(port) {
             Ok(c) => c,
             Err(e) => {
                 unavailable("redis", &format!("redis-server: {e}"));
@@ -1334,6 +1337,25 @@ impl PrivateRedis {
         }
         let _ = redis.child.kill();
         panic!("redis-server on port {port} did not answer");
+    }
+
+    /// Kills the server (it keeps nothing).
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A fresh, empty server on the same port.
+    fn restart(&mut self) {
+        self.stop();
+        self.child = PrivateRedis::spawn(self.port).expect("redis-server restarts");
+        for _ in 0..100 {
+            if self.cli(&["PING"]) == "PONG" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not answer again", self.port);
     }
 
     /// Database 15, like the kit's default.
@@ -1396,6 +1418,74 @@ fn logout_stays_in_force_when_redis_loses_its_keys() {
                 .status,
             200
         );
+    }
+}
+
+#[test]
+fn session_changes_reach_every_web_process_before_the_answer() {
+    // Each web process keeps the sessions it resolved in memory when Redis is configured;
+    // a change made through one process (or a command) must be in force in the other one
+    // as soon as its answer is back, and with Redis gone the database decides again.
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    for backend in backends() {
+        let w = World::new(backend, &[("KEYSTONE_REDIS__URL", &redis.url())]);
+        let other = w.site.serve("web", &[]);
+        let whoami = |web: &Daemon, jar: &str| {
+            web.request("GET", "/authentication/whoami/", &[("Cookie", jar)], b"")
+        };
+        let login = |name: &str| {
+            let (r, session, _) = session_login(&w, name, PASSWORD);
+            assert_eq!(r.status, 200, "login {name}: {}", r.text());
+            format!("sessionid={session}")
+        };
+
+        // A changed name shows at once; deactivation ends the session at once.
+        let jar = login("mb");
+        for _ in 0..3 {
+            assert_eq!(whoami(&other, &jar).json()["first_name"], "MB");
+        }
+        let mb = w.ids["MB"];
+        let path = format!("/users/users/{mb}/");
+        let r = w.call(
+            "STAFF",
+            "PATCH",
+            &path,
+            Some(json!({"first_name": "Renamed"})),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(whoami(&other, &jar).json()["first_name"], "Renamed");
+        let r = w.call("STAFF", "PATCH", &path, Some(json!({"is_active": false})));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(whoami(&other, &jar).status, 401, "deactivated everywhere");
+
+        // A password set from the command line ends the sessions it was issued under.
+        let jar = login("ad");
+        assert_eq!(whoami(&other, &jar).status, 200);
+        let out = w.site.run_with_input(
+            &["user", "set-password", "ad", "--password-stdin"],
+            "Another-Pass-456\n",
+        );
+        assert!(out.status.success(), "set-password: {}", stderr(&out));
+        assert_eq!(whoami(&other, &jar).status, 401, "old password's session");
+
+        // Redis gone: the other process stops trusting what it cached and asks the
+        // database, so a logout through the first one still holds there.
+        let jar = login("ow");
+        let csrf = session_login(&w, "ow", PASSWORD).2;
+        assert_eq!(whoami(&other, &jar).status, 200);
+        redis.stop();
+        let cookie = format!("{jar}; csrftoken={csrf}");
+        let out = w.web.request(
+            "POST",
+            "/authentication/logout/",
+            &[("Cookie", &cookie), ("X-CSRFToken", &csrf)],
+            b"",
+        );
+        assert_eq!(out.status, 200, "{}", out.text());
+        assert_eq!(whoami(&other, &jar).status, 401, "logout without Redis");
+        redis.restart();
     }
 }
 

@@ -145,6 +145,10 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             return Err(ApiError::field("non_field_errors", INVALID));
         };
         users::set_last_login(&app.db, user.id).await?;
+        // The login may have rehashed the password or refreshed the account from LDAP.
+        app.sessions
+            .invalidate(crate::identity::sessions::Target::User(user.id))
+            .await;
         let user = users::by_id(&app.db, user.id).await?.unwrap_or(user);
         let secret = app.secret_key.as_deref().ok_or(ApiError::Internal)?;
         let age = app.config.settings.security.session_age;
@@ -189,7 +193,7 @@ pub async fn logout(_req: &mut Request, depot: &mut Depot, res: &mut Response) {
         if let Via::Session(claims) = &caller.via {
             let expires =
                 chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(chrono::Utc::now);
-            app.revocations.revoke(&claims.jti, expires).await?;
+            app.sessions.revoke(&claims.jti, expires).await?;
         }
         Ok(())
     }

@@ -693,14 +693,24 @@ impl ListQuery {
 }
 
 /// The page envelope with absolute `next`/`previous` links (domain.md §2.1).
-pub fn envelope(
+/// A page as the API answers it. The results are serialized as they are, straight into the
+/// response body: no `Value` tree is built for them.
+#[derive(Debug, serde::Serialize)]
+pub struct Envelope<T> {
+    pub count: i64,
+    pub next: Json,
+    pub previous: Json,
+    pub results: T,
+}
+
+pub fn envelope<T: serde::Serialize>(
     base_url: &str,
     path: &str,
     params: &[(String, String)],
     q: &ListQuery,
     count: i64,
-    results: Vec<Json>,
-) -> Json {
+    results: T,
+) -> Envelope<T> {
     let link = |offset: Option<u64>| {
         let mut pairs: Vec<(String, String)> = params
             .iter()
@@ -729,12 +739,12 @@ pub fn envelope(
     } else {
         link(Some(q.offset - q.limit))
     };
-    serde_json::json!({
-        "count": count,
-        "next": next,
-        "previous": previous,
-        "results": results,
-    })
+    Envelope {
+        count,
+        next,
+        previous,
+        results,
+    }
 }
 
 /// The query string as decoded pairs, in order.
@@ -759,7 +769,7 @@ pub struct Page {
 }
 
 impl Page {
-    pub fn envelope(&self, results: Vec<Json>) -> Json {
+    pub fn envelope<T: serde::Serialize>(&self, results: T) -> Envelope<T> {
         envelope(
             &self.base_url,
             &self.path,

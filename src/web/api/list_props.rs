@@ -328,7 +328,7 @@ fn check_hostile(params: &[(String, String)], spec: &ListSpec) -> Result<(), Tes
                 }
                 // The page envelope's arithmetic holds for any count.
                 for count in [0, 1, i64::MAX, -1] {
-                    let _ = envelope("http://h", "/p/", params, &q, count, Vec::new());
+                    let _ = envelope("http://h", "/p/", params, &q, count, Vec::<u8>::new());
                 }
             }
             Err(ApiError::Fields(map)) => {

@@ -370,7 +370,10 @@ impl LogView for FeedRow {
 }
 
 /// One staff-only list: parse, page in the log's default order, represent.
-async fn staff_list<R: LogView>(req: &Request, depot: &Depot) -> Result<Value, ApiError> {
+async fn staff_list<R: LogView>(
+    req: &Request,
+    depot: &Depot,
+) -> Result<listing::Envelope<Vec<R::Repr>>, ApiError> {
     let (app, _) = context(depot)?;
     let (rows, page) = listing::page_ordered::<R>(
         req,
@@ -382,12 +385,7 @@ async fn staff_list<R: LogView>(req: &Request, depot: &Depot) -> Result<Value, A
         R::DEFAULT_ORDER,
     )
     .await?;
-    let results = R::represent(&app.db, app.timezone, &rows)
-        .await?
-        .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ApiError::Internal)?;
+    let results = R::represent(&app.db, app.timezone, &rows).await?;
     Ok(page.envelope(results))
 }
 

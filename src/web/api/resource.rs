@@ -582,7 +582,7 @@ pub async fn audit_deleted<R: Resource>(
 async fn list<R: Resource>(
     req: &mut Request,
     depot: &mut Depot,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<listing::Envelope<Vec<R::Repr>>, ApiError> {
     let (app, caller) = context(depot)?;
     let scope = |q: &mut SelectStatement| R::scope(q, &caller);
     let tz = app.timezone;
@@ -633,14 +633,9 @@ async fn envelope<R: Resource>(
     caller: &Caller,
     page: &listing::Page,
     rows: &[R::Row],
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<listing::Envelope<Vec<R::Repr>>, ApiError> {
     let reprs = represent_for::<R>(db, tz, caller, rows).await?;
-    let results = reprs
-        .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ApiError::Internal)?;
-    Ok(page.envelope(results))
+    Ok(page.envelope(reprs))
 }
 
 /// The record of an item request the caller may act on: 404, then the object rule.

@@ -521,6 +521,21 @@ impl Resource for Users {
         Ok(repr(row))
     }
 
+    /// A changed or deleted account (flags, password, the account itself) changes what its
+    /// sessions may do: every web process looks them up afresh before this answer is sent.
+    async fn after_commit(
+        app: &crate::web::AppState,
+        before: Option<&User>,
+        after: Option<&User>,
+    ) -> Result<(), ApiError> {
+        if let Some(id) = before.or(after).map(|u| u.id) {
+            app.sessions
+                .invalidate(crate::identity::sessions::Target::User(id))
+                .await;
+        }
+        Ok(())
+    }
+
     /// Staff-only flags are read from staff callers only (`validate`).
     async fn validate(
         db: &Db,

@@ -188,7 +188,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     }
     let mut state = (*app).clone();
     state.db = db.clone();
-    state.revocations = Arc::new(app.revocations.on(db.clone()));
+    state.sessions = Arc::new(app.sessions.on(db.clone()));
     let runner = Runner {
         service: step_service(Arc::new(state), Delegated(caller), cid, scope.nested()),
         outer: req,
@@ -209,6 +209,13 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         match db.finish(keep).await {
             Ok(orphans) => {
                 crate::infra::uploads::remove_stored(&app.config, &orphans).await;
+                if keep {
+                    // Steps may have logged out or changed users: sessions are looked up
+                    // afresh everywhere once the batch is committed.
+                    app.sessions
+                        .invalidate(crate::identity::sessions::Target::All)
+                        .await;
+                }
                 Ok(())
             }
             Err(e) => Err(e),
