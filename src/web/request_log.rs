@@ -1,7 +1,10 @@
 //! Request logging by group commit (operations.md §3.2): every response waits until its
 //! `logging_requestlog` row is committed, but one multi-row INSERT serves every request that
-//! arrived meanwhile, so there is no database round trip per request. A failed or stalled
-//! store releases the waiting responses anyway and counts the loss.
+//! arrived meanwhile, so there is no database round trip per request. [`WRITERS`] batches
+//! are in flight at once, so a request arriving during one commit waits for the next, not
+//! for two; on PostgreSQL a batch is one prepared statement over arrays (`UNNEST`),
+//! whatever its size. A failed or stalled store releases the waiting responses anyway and
+//! counts the loss.
 //!
 //! Every value is cut to its column before it joins a batch, and a batch the database still
 //! rejects is split until the offending row is isolated, so one hostile request can never
@@ -75,6 +78,8 @@ pub struct RequestLog {
 
 /// Largest batch per INSERT (bounded by bind-parameter limits: 7 values a row).
 const MAX_BATCH: usize = 1000;
+/// Batches being stored at once.
+const WRITERS: usize = 2;
 /// How long a response waits for its row before it is released anyway.
 const WAIT_BOUND: Duration = Duration::from_secs(3);
 /// How long one INSERT may take before the batch is counted as lost.
@@ -86,7 +91,15 @@ impl RequestLog {
         let (tx, rx) = mpsc::channel::<Pending>(16_384);
         let dropped = Arc::new(AtomicU64::new(0));
         let written = Arc::new(AtomicU64::new(0));
-        tokio::spawn(writer(db, rx, dropped.clone(), written.clone()));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(
+                db.clone(),
+                rx.clone(),
+                dropped.clone(),
+                written.clone(),
+            ));
+        }
         RequestLog {
             tx,
             dropped,
@@ -107,20 +120,28 @@ impl RequestLog {
     }
 }
 
+/// One of the [`WRITERS`]: takes whatever is waiting (at least one record) while the
+/// others store theirs, and stores it.
 async fn writer(
     db: Db,
-    mut rx: mpsc::Receiver<Pending>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        // Everything that arrived while the previous insert ran joins this one.
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            batch.push(first);
+            // Everything that arrived while the other batches were stored joins this one.
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
             }
         }
         let records: Vec<&Record> = batch.iter().map(|(r, _)| r).collect();
@@ -181,7 +202,47 @@ fn rejected_rows(e: &crate::store::DbError) -> bool {
     matches!(e, crate::store::DbError::Query(sqlx::Error::Database(_)))
 }
 
+/// The batch insert on PostgreSQL: one statement text for every batch size, so it is
+/// prepared once per connection. The user may have deleted their own account while the
+/// request ran: the join stores NULL then instead of failing the batch on the foreign key.
+const INSERT_UNNEST: &str = "INSERT INTO logging_requestlog \
+     (method, endpoint, response_code, remote_address, timestamp, cid, user_id) \
+     SELECT r.method, r.endpoint, r.code, r.addr, r.ts, r.cid, u.id \
+     FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::timestamptz[], \
+     $6::text[], $7::int8[]) WITH ORDINALITY AS r(method, endpoint, code, addr, ts, cid, uid, n) \
+     LEFT JOIN users_user u ON u.id = r.uid ORDER BY r.n";
+
 async fn insert(db: &Db, records: &[&Record]) -> Result<(), crate::store::DbError> {
+    if let Db::Postgres(pool) = db {
+        let column = |f: fn(&Record) -> String| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+        sqlx::query(INSERT_UNNEST)
+            .bind(column(|r| r.method.clone()))
+            .bind(column(|r| r.endpoint.clone()))
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.response_code)
+                    .collect::<Vec<i32>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.remote_address.clone())
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(records.iter().map(|r| r.timestamp).collect::<Vec<_>>())
+            .bind(column(|r| r.cid.clone()))
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.user_id)
+                    .collect::<Vec<Option<i64>>>(),
+            )
+            .execute(pool)
+            .await
+            .map_err(crate::store::DbError::Query)?;
+        return Ok(());
+    }
     let mut q = Query::insert();
     q.into_table(Alias::new("logging_requestlog")).columns(
         [

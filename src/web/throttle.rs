@@ -5,6 +5,18 @@
 //! calls [`Throttle::check`] and renders a refusal with [`wait_message`]. Budgets that count
 //! only some outcomes (failed logins per username) reserve an entry first and
 //! [`Throttle::release`] it when the outcome does not count.
+//!
+//! With Redis, [`Throttle::check`] keeps the round trip off the request's path for busy
+//! keys: each process remembers what Redis last said of a key (its count, and until when it
+//! is refused) and accepts locally while that count plus its own not yet recorded hits stays
+//! under the rate; a background task records those hits in Redis every [`FLUSH_INTERVAL`]
+//! and refreshes the count. A key not refreshed within [`FRESH`], or one whose local count
+//! reaches the rate, is decided by Redis itself, exactly as before. Refusals keep DRF's
+//! `Retry-After` (the time until the oldest counted hit leaves the window). What this costs
+//! is bounded overshoot with several web processes: each other process may accept what it
+//! still saw as free in a report at most [`FRESH`] old, so N processes accept at most
+//! `rate + (N - 1) * (hits one process accepts within FRESH)` per window, and never more
+//! than `N * rate` (docs/deployment.md).
 
 use crate::config::Rate;
 use fred::clients::WithOptions;
@@ -84,7 +96,10 @@ impl Throttle {
     /// `rate.count` requests were accepted within the last `rate.period_secs`. Redis failures
     /// allow the request.
     pub async fn check(&self, scope: &str, key: &str, rate: Rate) -> Result<(), Wait> {
-        self.reserve(scope, key, rate).await.map(|_| ())
+        match self {
+            Throttle::Redis(redis) => redis.check(scope, key, rate).await,
+            Throttle::Memory(_) => self.reserve(scope, key, rate).await.map(|_| ()),
+        }
     }
 
     /// [`Throttle::check`], returning the recorded entry so that it can be taken back.
@@ -97,7 +112,7 @@ impl Throttle {
             }
             Throttle::Redis(redis) => {
                 let member = uuid::Uuid::new_v4().simple().to_string();
-                if redis.check(scope, key, rate, &member).await? {
+                if redis.check_exact(scope, key, rate, &member).await? {
                     Entry::Redis(member)
                 } else {
                     Entry::Unrecorded
@@ -303,12 +318,153 @@ local entry = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
 return math.max(tonumber(entry[2]) + period - now, 1)
 "#;
 
+/// Records the hits a process accepted locally and reports the key's count, and with
+/// `check` = 1 decides one more request exactly as [`CHECK_SCRIPT`] does.
+/// KEYS[1]: the set; ARGV: count, period in ms, hits to record, check (0 or 1), a unique
+/// member prefix. Returns {accepted (0 or 1), count now in the window, wait in ms}.
+const SYNC_SCRIPT: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local key = KEYS[1]
+local count = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local hits = tonumber(ARGV[3])
+local check = ARGV[4] == '1'
+local member = ARGV[5]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+for i = 1, hits do
+  redis.call('ZADD', key, now, member .. ':' .. i)
+end
+local n = redis.call('ZCARD', key)
+local accepted = 0
+local wait = 0
+if check then
+  if n < count then
+    redis.call('ZADD', key, now, member)
+    n = n + 1
+    accepted = 1
+  elseif count <= 0 then
+    wait = period
+  else
+    local entry = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
+    wait = math.max(tonumber(entry[2]) + period - now, 1)
+  end
+end
+if hits > 0 or accepted == 1 then
+  redis.call('PEXPIRE', key, period)
+end
+return {accepted, n, wait}
+"#;
+
+/// How often the hits accepted locally are recorded in Redis.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// How long what Redis said of a key is used to accept requests locally.
+/// A busy key is refreshed by every flush; one idle longer than this is asked of Redis again.
+pub const FRESH: Duration = Duration::from_millis(100);
+
+/// What a process knows of one key between exchanges with Redis.
+#[derive(Debug, Clone)]
+struct View {
+    rate: Rate,
+    /// Hits in the window when Redis last reported, this process's recorded ones included.
+    counted: u64,
+    counted_at: Instant,
+    /// Accepted here since, not yet recorded in Redis.
+    pending: u64,
+    /// Refused until then, as Redis computed.
+    refused_until: Option<Instant>,
+}
+
+/// What the local view decides for one request.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    Accept,
+    Refuse(Wait),
+    /// Unknown, stale or at the limit: Redis decides.
+    AskRedis,
+}
+
+#[derive(Default)]
+struct Views {
+    keys: HashMap<String, View>,
+}
+
+impl Views {
+    fn decide(&mut self, key: &str, rate: Rate, now: Instant) -> Decision {
+        let Some(v) = self.keys.get_mut(key) else {
+            return Decision::AskRedis;
+        };
+        if v.rate != rate {
+            return Decision::AskRedis;
+        }
+        if let Some(until) = v.refused_until {
+            if now < until {
+                return Decision::Refuse(Wait::from_duration(until - now));
+            }
+            v.refused_until = None;
+        }
+        if now.saturating_duration_since(v.counted_at) >= FRESH
+            || v.counted + v.pending >= rate.count
+        {
+            return Decision::AskRedis;
+        }
+        v.pending += 1;
+        Decision::Accept
+    }
+
+    /// Takes the hits of `key` that are still to be recorded.
+    fn take(&mut self, key: &str) -> u64 {
+        self.keys
+            .get_mut(key)
+            .map(|v| std::mem::take(&mut v.pending))
+            .unwrap_or(0)
+    }
+
+    /// Takes every key's hits to record: (key, rate, hits).
+    fn take_all(&mut self) -> Vec<(String, Rate, u64)> {
+        self.keys
+            .iter_mut()
+            .filter(|(_, v)| v.pending > 0)
+            .map(|(k, v)| (k.clone(), v.rate, std::mem::take(&mut v.pending)))
+            .collect()
+    }
+
+    /// What Redis reported at `at`: `counted` hits, and a refusal of `wait_ms` if any.
+    fn report(&mut self, key: &str, rate: Rate, counted: u64, wait_ms: Option<u64>, at: Instant) {
+        let v = self.keys.entry(key.to_owned()).or_insert(View {
+            rate,
+            counted,
+            counted_at: at,
+            pending: 0,
+            refused_until: None,
+        });
+        v.rate = rate;
+        v.counted = counted;
+        v.counted_at = at;
+        if let Some(ms) = wait_ms {
+            v.refused_until = Some(at + Duration::from_millis(ms));
+        }
+    }
+
+    /// Forgets keys with nothing to record whose report has aged out of use.
+    fn sweep(&mut self, now: Instant) {
+        self.keys.retain(|_, v| {
+            v.pending > 0
+                || now.saturating_duration_since(v.counted_at) < FRESH
+                || v.refused_until.is_some_and(|t| now < t)
+        });
+    }
+}
+
 /// Counters shared through Redis by all web processes.
 pub struct RedisThrottle {
     /// Commands fail fast while disconnected: throttling must not hold requests.
     client: WithOptions<Client>,
     script_sha: tokio::sync::OnceCell<String>,
     warnings: WarningLimiter,
+    views: std::sync::Arc<Mutex<Views>>,
+    sync_sha: std::sync::Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl RedisThrottle {
@@ -319,10 +475,127 @@ impl RedisThrottle {
             max_attempts: Some(1),
             ..Default::default()
         };
-        RedisThrottle {
+        let throttle = RedisThrottle {
             client: client.with_options(&options),
             script_sha: tokio::sync::OnceCell::new(),
             warnings: WarningLimiter::default(),
+            views: std::sync::Arc::default(),
+            sync_sha: std::sync::Arc::default(),
+        };
+        throttle.start_flushing();
+        throttle
+    }
+
+    /// Records locally accepted hits every [`FLUSH_INTERVAL`] until the throttle is dropped.
+    fn start_flushing(&self) {
+        let views = std::sync::Arc::downgrade(&self.views);
+        let client = self.client.clone();
+        let sha = self.sync_sha.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_sweep = Instant::now();
+            loop {
+                tick.tick().await;
+                let Some(views) = views.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                let due = {
+                    let mut v = views.lock().unwrap_or_else(|e| e.into_inner());
+                    if now.saturating_duration_since(last_sweep) >= FRESH {
+                        v.sweep(now);
+                        last_sweep = now;
+                    }
+                    v.take_all()
+                };
+                if due.is_empty() {
+                    continue;
+                }
+                let syncs = due
+                    .iter()
+                    .map(|(key, rate, hits)| sync(&client, &sha, key, *rate, *hits, false, ""));
+                let outcomes = futures_util::future::join_all(syncs).await;
+                let at = Instant::now();
+                let mut v = views.lock().unwrap_or_else(|e| e.into_inner());
+                for ((key, rate, _), outcome) in due.iter().zip(outcomes) {
+                    // Hits Redis did not take are not retried: like a request let through
+                    // while Redis is away, they go uncounted.
+                    if let Ok((_, counted, _)) = outcome {
+                        v.report(key, *rate, counted, None, at);
+                    }
+                }
+            }
+        });
+    }
+
+    /// [`Throttle::check`]: locally while the key's view allows, else by Redis (which then
+    /// also records this process's hits of the key).
+    async fn check(&self, scope: &str, key: &str, rate: Rate) -> Result<(), Wait> {
+        let redis_key = format!("{KEY_PREFIX}{scope}:{key}");
+        let now = Instant::now();
+        let hits = {
+            let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+            match views.decide(&redis_key, rate, now) {
+                Decision::Accept => return Ok(()),
+                Decision::Refuse(wait) => return Err(wait),
+                Decision::AskRedis => views.take(&redis_key),
+            }
+        };
+        let member = uuid::Uuid::new_v4().simple().to_string();
+        let outcome = if self.client.is_connected() {
+            tokio::time::timeout(
+                2 * COMMAND_TIMEOUT,
+                sync(
+                    &self.client,
+                    &self.sync_sha,
+                    &redis_key,
+                    rate,
+                    hits,
+                    true,
+                    &member,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "no reply")))
+        } else {
+            Err(Error::new(ErrorKind::IO, "not connected"))
+        };
+        match outcome {
+            Ok((accepted, counted, wait_ms)) => {
+                let refused = (!accepted).then_some(wait_ms.max(1));
+                self.views.lock().unwrap_or_else(|e| e.into_inner()).report(
+                    &redis_key,
+                    rate,
+                    counted,
+                    refused,
+                    Instant::now(),
+                );
+                match refused {
+                    None => Ok(()),
+                    Some(ms) => Err(Wait::from_millis(ms)),
+                }
+            }
+            Err(err) => {
+                self.warn_unavailable(&err);
+                Ok(())
+            }
+        }
+    }
+
+    fn warn_unavailable(&self, err: &Error) {
+        if let Some(suppressed) = self.warnings.should_warn(Instant::now()) {
+            let also = if suppressed > 0 {
+                format!(" ({suppressed} more failures since the last warning)")
+            } else {
+                String::new()
+            };
+            tracing::warn!(
+                "throttle: Redis unavailable, allowing requests unthrottled: {err}{also}"
+            );
         }
     }
 
@@ -347,8 +620,14 @@ impl RedisThrottle {
     }
 
     /// Ok(true) when recorded as `member`, Ok(false) when let through unrecorded because
-    /// Redis did not answer.
-    async fn check(&self, scope: &str, key: &str, rate: Rate, member: &str) -> Result<bool, Wait> {
+    /// Redis did not answer. Always one round trip: reservations must be exact.
+    async fn check_exact(
+        &self,
+        scope: &str,
+        key: &str,
+        rate: Rate,
+        member: &str,
+    ) -> Result<bool, Wait> {
         // Not even queued while (re)connecting; the timeout also covers a client that was
         // never connected, whose commands would wait forever.
         let outcome = if self.client.is_connected() {
@@ -365,16 +644,7 @@ impl RedisThrottle {
             Ok(0) => Ok(true),
             Ok(wait_ms) => Err(Wait::from_millis(wait_ms.max(1).unsigned_abs())),
             Err(err) => {
-                if let Some(suppressed) = self.warnings.should_warn(Instant::now()) {
-                    let also = if suppressed > 0 {
-                        format!(" ({suppressed} more failures since the last warning)")
-                    } else {
-                        String::new()
-                    };
-                    tracing::warn!(
-                        "throttle: Redis unavailable, allowing requests unthrottled: {err}{also}"
-                    );
-                }
+                self.warn_unavailable(&err);
                 Ok(false)
             }
         }
@@ -419,6 +689,55 @@ impl RedisThrottle {
             }
             result => result,
         }
+    }
+}
+
+/// Runs [`SYNC_SCRIPT`] for one key: (accepted, count in the window, wait in ms).
+async fn sync(
+    client: &WithOptions<Client>,
+    sha: &tokio::sync::OnceCell<String>,
+    redis_key: &str,
+    rate: Rate,
+    hits: u64,
+    check: bool,
+    member: &str,
+) -> Result<(bool, u64, u64), Error> {
+    let member = if member.is_empty() {
+        uuid::Uuid::new_v4().simple().to_string()
+    } else {
+        member.to_owned()
+    };
+    let args = vec![
+        rate.count.to_string(),
+        rate.period_secs.saturating_mul(1000).to_string(),
+        hits.to_string(),
+        if check { "1" } else { "0" }.to_string(),
+        member,
+    ];
+    let digest = sha
+        .get_or_try_init(|| client.script_load::<String, _>(SYNC_SCRIPT))
+        .await?;
+    let result: Result<Vec<i64>, Error> = client
+        .evalsha(digest.as_str(), redis_key, args.clone())
+        .await;
+    let values = match result {
+        // The script cache was flushed or Redis restarted: load it again (same digest).
+        Err(err) if err.details().starts_with("NOSCRIPT") => {
+            let digest: String = client.script_load(SYNC_SCRIPT).await?;
+            client.evalsha(digest, redis_key, args).await?
+        }
+        result => result?,
+    };
+    match values.as_slice() {
+        [accepted, counted, wait] => Ok((
+            *accepted == 1,
+            u64::try_from(*counted).unwrap_or(0),
+            u64::try_from(*wait).unwrap_or(0),
+        )),
+        _ => Err(Error::new(
+            ErrorKind::Protocol,
+            "unexpected throttle script reply",
+        )),
     }
 }
 
@@ -680,9 +999,15 @@ mod tests {
         let anon = unique_scope("anon");
         let user = unique_scope("user");
         let r = rate(3, 60);
+        // Each process accepts locally on what Redis last told it; once that has been
+        // refreshed (a flush, or FRESH passed), both count against one budget.
+        let settle = || tokio::time::sleep(FRESH + 3 * FLUSH_INTERVAL);
         assert_eq!(web1.check(&anon, "203.0.113.7", r).await, Ok(()));
+        settle().await;
         assert_eq!(web2.check(&anon, "203.0.113.7", r).await, Ok(()));
+        settle().await;
         assert_eq!(web1.check(&anon, "203.0.113.7", r).await, Ok(()));
+        settle().await;
         for web in [&web1, &web2] {
             let wait = web
                 .check(&anon, "203.0.113.7", r)
@@ -702,6 +1027,97 @@ mod tests {
         assert_eq!(card, 3);
         let ttl: i64 = redis.client.pttl(key.as_str()).await.expect("pttl");
         assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+    }
+
+    #[tokio::test]
+    async fn redis_bursts_are_decided_locally_and_recorded_exactly() {
+        let Some(url) = test_redis().await else {
+            return;
+        };
+        let web = redis_throttle(&url).await;
+        let scope = unique_scope("burst");
+        let r = rate(5, 60);
+        let mut accepted = 0;
+        for _ in 0..12 {
+            match web.check(&scope, "k", r).await {
+                Ok(()) => accepted += 1,
+                Err(wait) => assert!((59..=60).contains(&wait.seconds), "{wait:?}"),
+            }
+        }
+        assert_eq!(accepted, 5, "one process alone is exact");
+        tokio::time::sleep(3 * FLUSH_INTERVAL).await;
+        let Throttle::Redis(redis) = &web else {
+            unreachable!("checked by redis_throttle")
+        };
+        let key = format!("{KEY_PREFIX}{scope}:k");
+        let card: u64 = redis.client.zcard(key.as_str()).await.expect("zcard");
+        assert_eq!(
+            card, 5,
+            "the locally accepted hits are recorded, refusals are not"
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_overshoot_with_two_busy_processes_stays_within_its_bound() {
+        let Some(url) = test_redis().await else {
+            return;
+        };
+        let web1 = std::sync::Arc::new(redis_throttle(&url).await);
+        let web2 = std::sync::Arc::new(redis_throttle(&url).await);
+        let scope = unique_scope("two");
+        let r = rate(50, 60);
+        let hammer = |web: std::sync::Arc<Throttle>, scope: String| {
+            tokio::spawn(async move {
+                let mut accepted = 0u64;
+                for _ in 0..200 {
+                    if web.check(&scope, "k", r).await.is_ok() {
+                        accepted += 1;
+                    }
+                }
+                accepted
+            })
+        };
+        let (a, b) = tokio::join!(hammer(web1, scope.clone()), hammer(web2, scope.clone()));
+        let total = a.expect("first") + b.expect("second");
+        assert!(
+            (50..=100).contains(&total),
+            "accepted {total} of 400 at 50/min"
+        );
+    }
+
+    #[test]
+    fn local_views_accept_until_the_reported_count_reaches_the_rate() {
+        let mut views = Views::default();
+        let r = rate(3, 60);
+        let t0 = Instant::now();
+        assert_eq!(
+            views.decide("k", r, t0),
+            Decision::AskRedis,
+            "never reported"
+        );
+        views.report("k", r, 1, None, t0);
+        assert_eq!(views.decide("k", r, t0), Decision::Accept);
+        assert_eq!(views.decide("k", r, t0), Decision::Accept);
+        assert_eq!(
+            views.decide("k", r, t0),
+            Decision::AskRedis,
+            "1 counted + 2 pending"
+        );
+        assert_eq!(views.take_all(), vec![("k".to_string(), r, 2)]);
+        assert_eq!(views.take("k"), 0);
+        views.report("k", r, 3, Some(30_000), t0);
+        assert_eq!(
+            views.decide("k", r, t0 + secs(10.0)),
+            Decision::Refuse(Wait { seconds: 20 })
+        );
+        // Once the refusal has run out, Redis decides again.
+        assert_eq!(views.decide("k", r, t0 + secs(31.0)), Decision::AskRedis);
+        // A stale report is not used; a changed rate is not either.
+        views.report("k", r, 0, None, t0);
+        assert_eq!(views.decide("k", r, t0 + FRESH), Decision::AskRedis);
+        assert_eq!(views.decide("k", rate(9, 60), t0), Decision::AskRedis);
+        views.sweep(t0 + FRESH);
+        assert!(views.keys.is_empty());
     }
 
     #[tokio::test]
@@ -766,6 +1182,8 @@ mod tests {
             client: redis.client.clone(),
             script_sha: tokio::sync::OnceCell::new_with(Some("0".repeat(40))),
             warnings: WarningLimiter::default(),
+            views: std::sync::Arc::default(),
+            sync_sha: std::sync::Arc::default(),
         };
         let result = stale.check_and_record(&scope, "k", rate(5, 60), "m").await;
         assert_eq!(result.expect("reloaded and ran"), 0);
