@@ -237,6 +237,37 @@ pub async fn shutdown_signal() {
 }
 
 /// `keystone@<hostname>:<pid>`, unique per worker process.
+/// How often a serving process hands heap memory freed after a burst back to the system.
+const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// glibc keeps memory freed after a burst of requests in its per-thread arenas for reuse,
+/// so a daemon would hold its peak for ever; every [`TRIM_INTERVAL`] it is returned
+/// (`bench/wrk.sh` reports each role's resident memory after a load test).
+pub fn spawn_memory_trim() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(TRIM_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            trim_memory();
+        }
+    })
+}
+
+/// Returns free heap memory to the system; `true` when some was released.
+pub fn trim_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it trims.
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 pub fn node_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

@@ -154,7 +154,7 @@ pub async fn serve(
     if let Some(addr) = crate::infra::metrics::start(&config, sources) {
         status.push(format!("metrics on http://{addr}/metrics"));
     }
-    let mut background = Vec::new();
+    let mut background = vec![daemon::spawn_memory_trim()];
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stoppable = Vec::new();
     let queue = if role.runs_worker() || role.runs_beat() {
