@@ -116,9 +116,32 @@ pub fn respond<T: serde::Serialize + Send>(
     match result {
         Ok(v) => {
             res.status_code(status);
-            res.render(Json(v));
+            json_body(res, &v);
         }
         Err(e) => e.render(res),
+    }
+}
+
+/// Writes `value` as the JSON body: the bytes `Json` renders, serialized into one growing
+/// buffer (a 100-record page is about 400 KB) rather than through many small writes.
+pub fn json_body<T: serde::Serialize>(res: &mut Response, value: &T) {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            if !res
+                .headers()
+                .contains_key(salvo::http::header::CONTENT_TYPE)
+            {
+                res.headers_mut().insert(
+                    salvo::http::header::CONTENT_TYPE,
+                    salvo::http::HeaderValue::from_static("application/json; charset=utf-8"),
+                );
+            }
+            res.body(bytes);
+        }
+        Err(e) => {
+            tracing::error!("could not serialize a response: {e}");
+            ApiError::Internal.render(res);
+        }
     }
 }
 
