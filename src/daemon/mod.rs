@@ -1,5 +1,8 @@
 //! Process plumbing shared by every role: log setup (journald or stderr), systemd
-//! notifications, inherited listening sockets, and the shutdown signal.
+//! notifications, inherited listening sockets, the shutdown signal, Redis connections
+//! ([`redis`]) and handing freed heap memory back to the system.
+
+pub mod redis;
 
 use crate::config::{BindAddr, Config, level_filter};
 use std::io;

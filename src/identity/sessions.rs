@@ -29,8 +29,7 @@ use crate::store::users::{self, User};
 use crate::store::{Db, DbError};
 use chrono::{DateTime, Utc};
 use fred::prelude::{
-    Builder, Client, ClientLike, Config as RedisConfig, Error as RedisError, EventInterface,
-    PubsubInterface, ReconnectPolicy, SortedSetsInterface,
+    Client, ClientLike, Error as RedisError, EventInterface, PubsubInterface, SortedSetsInterface,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -215,25 +214,7 @@ pub struct Bus {
 impl Bus {
     /// Connects to Redis; `me` names this process among the listeners.
     pub async fn connect(url: &str, prefix: &str, me: &str) -> Result<Bus, RedisError> {
-        let client = Builder::from_config(RedisConfig::from_url(url)?)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(3);
-                c.internal_command_timeout = Duration::from_secs(3);
-            })
-            .with_performance_config(|p| p.default_command_timeout = LIVENESS)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build()?;
-        match tokio::time::timeout(Duration::from_secs(5), client.init()).await {
-            Ok(Ok(_task)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
-                return Err(RedisError::new(
-                    fred::error::ErrorKind::Timeout,
-                    "connection timed out",
-                ));
-            }
-        }
+        let client = crate::daemon::redis::connected(url, LIVENESS).await?;
         Ok(Bus {
             client,
             channel: format!("{prefix}:sessions"),
@@ -306,16 +287,7 @@ impl Bus {
     /// and listening in the background for as long as the process runs.
     pub async fn listen(self: &Arc<Self>, cache: Arc<Cache>) -> Result<(), RedisError> {
         let subscriber = self.client.clone_new();
-        match tokio::time::timeout(Duration::from_secs(5), subscriber.init()).await {
-            Ok(Ok(_task)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(RedisError::new(
-                    fred::error::ErrorKind::Timeout,
-                    "connection timed out",
-                ));
-            }
-        }
+        crate::daemon::redis::connect(&subscriber).await?;
         let _ = self.listening.set(cache.clone());
         let mut messages = subscriber.message_rx();
         let mut reconnects = subscriber.reconnect_rx();

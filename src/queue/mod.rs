@@ -15,8 +15,8 @@ use crate::store::Db;
 use crate::store::task_results as results;
 use chrono::{DateTime, Utc};
 use fred::prelude::{
-    Builder, Client, ClientLike, Config as RedisConfig, Error as RedisError, ErrorKind,
-    LuaInterface, Options, ReconnectPolicy, StreamsInterface, Value as RedisValue,
+    Client, ClientLike, Error as RedisError, LuaInterface, Options, StreamsInterface,
+    Value as RedisValue,
 };
 use fred::types::streams::XID;
 use serde::{Deserialize, Serialize};
@@ -706,32 +706,6 @@ pub struct RedisQueue {
     last_reclaim: Mutex<Option<Instant>>,
 }
 
-fn redis_builder(url: &str, command_timeout: Duration) -> Result<Client, RedisError> {
-    Builder::from_config(RedisConfig::from_url(url)?)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(3);
-            c.internal_command_timeout = Duration::from_secs(3);
-        })
-        .with_performance_config(|p| p.default_command_timeout = command_timeout)
-        // Reconnect for ever (Redis restarts, killed connections), backing off up to 5 s.
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build()
-}
-
-async fn init(client: &Client) -> Result<(), RedisError> {
-    match tokio::time::timeout(Duration::from_secs(5), client.init()).await {
-        Ok(Ok(_task)) => Ok(()),
-        Ok(Err(e)) => {
-            let _ = client.quit().await;
-            Err(e)
-        }
-        Err(_) => {
-            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
-            Err(RedisError::new(ErrorKind::Timeout, "connection timed out"))
-        }
-    }
-}
-
 fn is_nogroup(e: &RedisError) -> bool {
     e.details().contains("NOGROUP")
 }
@@ -790,8 +764,7 @@ impl RedisQueue {
         consumer: &str,
         visibility: Duration,
     ) -> Result<RedisQueue, BrokerError> {
-        let client = redis_builder(url, Duration::from_secs(5))?;
-        init(&client).await?;
+        let client = crate::daemon::redis::connected(url, Duration::from_secs(5)).await?;
         Ok(RedisQueue {
             client,
             reader: tokio::sync::OnceCell::new(),
@@ -810,7 +783,7 @@ impl RedisQueue {
         self.reader
             .get_or_try_init(|| async {
                 let reader = self.client.clone_new();
-                init(&reader).await?;
+                crate::daemon::redis::connect(&reader).await?;
                 Ok::<_, BrokerError>(reader)
             })
             .await

@@ -289,7 +289,6 @@ impl MemoryState {
 const KEY_PREFIX: &str = "keystone:throttle:";
 /// A Redis call slower than this allows the request rather than holding it.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one "Redis unavailable" warning per interval; the others are counted.
 const WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -601,22 +600,8 @@ impl RedisThrottle {
 
     /// Its own client, reconnecting in the background after it was connected once.
     pub async fn connect(url: &str) -> Result<RedisThrottle, Error> {
-        let client = Builder::from_config(Config::from_url(url)?)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(3);
-                c.internal_command_timeout = Duration::from_secs(3);
-            })
-            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build()?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, client.init()).await {
-            Ok(Ok(_connection_task)) => Ok(RedisThrottle::new(client)),
-            Ok(Err(err)) => Err(err),
-            Err(_) => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
-                Err(Error::new(ErrorKind::Timeout, "connection timed out"))
-            }
-        }
+        let client = crate::daemon::redis::connected(url, COMMAND_TIMEOUT).await?;
+        Ok(RedisThrottle::new(client))
     }
 
     /// Ok(true) when recorded as `member`, Ok(false) when let through unrecorded because
