@@ -1175,6 +1175,12 @@ mod tests {
         let key = format!("{KEY_PREFIX}{scope}:k");
         let card: u64 = redis.client.zcard(key.as_str()).await.expect("zcard");
         assert_eq!(card, 2);
+        // The same for the script that records locally accepted hits.
+        let stale_sync = tokio::sync::OnceCell::new_with(Some("0".repeat(40)));
+        let synced = sync(&redis.client, &stale_sync, &key, rate(5, 60), 2, true, "n").await;
+        assert_eq!(synced.expect("reloaded and ran"), (true, 5, 0));
+        let card: u64 = redis.client.zcard(key.as_str()).await.expect("zcard");
+        assert_eq!(card, 5, "two recorded hits and the accepted request");
     }
 
     #[tokio::test]
