@@ -258,16 +258,12 @@ pub fn spawn_memory_trim() -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Returns free heap memory to the system; `true` when some was released.
-pub fn trim_memory() -> bool {
+/// Returns free heap memory to the system.
+pub fn trim_memory() {
+    // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it trims.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it trims.
-        unsafe { libc::malloc_trim(0) == 1 }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

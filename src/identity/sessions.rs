@@ -32,7 +32,7 @@ use fred::prelude::{
     Client, ClientLike, Error as RedisError, EventInterface, PubsubInterface, SortedSetsInterface,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -194,21 +194,16 @@ impl Cache {
     }
 }
 
-/// Invalidations waiting for acknowledgements, by id.
-#[derive(Default)]
-struct Waiters {
-    acks: Mutex<HashMap<String, Arc<(AtomicU64, tokio::sync::Notify)>>>,
-}
-
 /// The Redis channel that carries invalidations, pings and acknowledgements.
 pub struct Bus {
     client: Client,
     channel: String,
     members: String,
     me: String,
-    waiters: Waiters,
-    /// Set on the web role: the cache this process keeps and acknowledges for.
-    listening: std::sync::OnceLock<Arc<Cache>>,
+    /// Acknowledgements counted so far, by invalidation id (web role only).
+    acks: Mutex<HashMap<String, Arc<(AtomicU64, tokio::sync::Notify)>>>,
+    /// Set once this process listens (the web role): only then can it count acknowledgements.
+    listening: AtomicBool,
 }
 
 impl Bus {
@@ -220,8 +215,8 @@ impl Bus {
             channel: format!("{prefix}:sessions"),
             members: format!("{prefix}:sessions:listeners"),
             me: me.to_string(),
-            waiters: Waiters::default(),
-            listening: std::sync::OnceLock::new(),
+            acks: Mutex::default(),
+            listening: AtomicBool::new(false),
         })
     }
 
@@ -232,10 +227,9 @@ impl Bus {
         let deadline = started + LIVENESS;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let counter = Arc::new((AtomicU64::new(0), tokio::sync::Notify::new()));
-        let listening = self.listening.get().is_some();
+        let listening = self.listening.load(Ordering::SeqCst);
         if listening {
-            self.waiters
-                .acks
+            self.acks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id.clone(), counter.clone());
@@ -271,8 +265,7 @@ impl Bus {
             _ => tokio::time::sleep_until(deadline.into()).await,
         }
         if listening {
-            self.waiters
-                .acks
+            self.acks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
@@ -288,7 +281,7 @@ impl Bus {
     pub async fn listen(self: &Arc<Self>, cache: Arc<Cache>) -> Result<(), RedisError> {
         let subscriber = self.client.clone_new();
         crate::daemon::redis::connect(&subscriber).await?;
-        let _ = self.listening.set(cache.clone());
+        self.listening.store(true, Ordering::SeqCst);
         let mut messages = subscriber.message_rx();
         let mut reconnects = subscriber.reconnect_rx();
         subscriber.subscribe(self.channel.as_str()).await?;
@@ -386,7 +379,6 @@ impl Bus {
             }
             (Some("ack"), Some(id), None) => {
                 let waiter = self
-                    .waiters
                     .acks
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -452,19 +444,19 @@ pub struct Sessions {
     db: Db,
     cache: Option<Arc<Cache>>,
     bus: Option<Arc<Bus>>,
-    /// A `/batch/` copy: its writes are not committed yet, so it does not invalidate; the
-    /// batch invalidates everything once it has committed.
-    deferred: bool,
+    /// A `/batch/` copy: its writes are not committed yet, so its invalidations wait here
+    /// until the batch has kept its steps ([`Sessions::take_deferred`]).
+    deferred: Option<Mutex<Vec<Target>>>,
 }
 
 impl Sessions {
-    /// Lookups straight from the database, invalidations through `bus` when there is one.
-    pub fn new(db: Db, bus: Option<Arc<Bus>>) -> Sessions {
+    /// Lookups straight from the database (no Redis, so no web process caches).
+    pub fn new(db: Db) -> Sessions {
         Sessions {
             db,
             cache: None,
-            bus,
-            deferred: false,
+            bus: None,
+            deferred: None,
         }
     }
 
@@ -474,19 +466,27 @@ impl Sessions {
             db,
             cache: Some(cache),
             bus: Some(bus),
-            deferred: false,
+            deferred: None,
         }
     }
 
-    /// The same sessions, writing through `db` (a batch's transaction) and leaving the
-    /// invalidation to the batch's commit.
+    /// The same sessions, writing through `db` (a batch's transaction) and holding their
+    /// invalidations until the batch is kept.
     pub fn on(&self, db: Db) -> Sessions {
         Sessions {
             db,
             cache: None,
             bus: None,
-            deferred: true,
+            deferred: Some(Mutex::default()),
         }
+    }
+
+    /// The invalidations a batch copy held back, for the batch to make once it is kept.
+    pub fn take_deferred(&self) -> Vec<Target> {
+        self.deferred
+            .as_ref()
+            .map(|d| std::mem::take(&mut *d.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 
     /// Records a logout, then invalidates the session everywhere.
@@ -499,7 +499,11 @@ impl Sessions {
     /// Call after committing a change that `target` covers; returns once no web process can
     /// still accept what the change ended.
     pub async fn invalidate(&self, target: Target) {
-        if self.deferred {
+        if let Some(held) = &self.deferred {
+            let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+            if !held.contains(&target) {
+                held.push(target);
+            }
             return;
         }
         if let Some(cache) = &self.cache {

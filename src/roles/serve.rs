@@ -90,7 +90,7 @@ pub async fn open_database(config: &Config) -> Result<Db, ServeError> {
 /// configured; straight from the database otherwise.
 async fn sessions(config: &Config, db: &Db) -> Result<Sessions, ServeError> {
     let Some(url) = config.redis_url() else {
-        return Ok(Sessions::new(db.clone(), None));
+        return Ok(Sessions::new(db.clone()));
     };
     let startup = |e: fred::error::Error| {
         ServeError::Startup(format!(

@@ -292,36 +292,14 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// At most one "Redis unavailable" warning per interval; the others are counted.
 const WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Atomic check-and-record on one sorted set per (scope, key), scored by the Redis server's
-/// clock in milliseconds so the web hosts' clocks do not matter. Returns 0 when the request
-/// was accepted, else the milliseconds until the count drops below the limit.
-/// KEYS[1]: the set; ARGV: count, period in ms, a unique member for this request.
-const CHECK_SCRIPT: &str = r#"
-if redis.replicate_commands then redis.replicate_commands() end
-local key = KEYS[1]
-local count = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
-local n = redis.call('ZCARD', key)
-if n < count then
-  redis.call('ZADD', key, now, ARGV[3])
-  redis.call('PEXPIRE', key, period)
-  return 0
-end
-if count <= 0 then
-  return period
-end
-local entry = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
-return math.max(tonumber(entry[2]) + period - now, 1)
-"#;
-
-/// Records the hits a process accepted locally and reports the key's count, and with
-/// `check` = 1 decides one more request exactly as [`CHECK_SCRIPT`] does.
-/// KEYS[1]: the set; ARGV: count, period in ms, hits to record, check (0 or 1), a unique
-/// member prefix. Returns {accepted (0 or 1), count now in the window, wait in ms}.
-const SYNC_SCRIPT: &str = r#"
+/// One atomic exchange about a key, on one sorted set per (scope, key) scored by the Redis
+/// server's clock in milliseconds so the web hosts' clocks do not matter: records the `hits`
+/// a process accepted locally (members `<member>:<i>`), then, with `check` = 1, accepts one
+/// more request (recorded as `<member>`) unless `count` requests are in the window.
+/// KEYS[1]: the set; ARGV: count, period in ms, hits, check (0 or 1), a unique member.
+/// Returns {accepted (0 or 1), count now in the window, ms until the count drops below the
+/// limit when refused (else 0)}.
+const SCRIPT: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local key = KEYS[1]
 local count = tonumber(ARGV[1])
@@ -460,10 +438,10 @@ impl Views {
 pub struct RedisThrottle {
     /// Commands fail fast while disconnected: throttling must not hold requests.
     client: WithOptions<Client>,
-    script_sha: tokio::sync::OnceCell<String>,
+    /// Digest of [`SCRIPT`] once loaded.
+    script_sha: std::sync::Arc<tokio::sync::OnceCell<String>>,
     warnings: WarningLimiter,
     views: std::sync::Arc<Mutex<Views>>,
-    sync_sha: std::sync::Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl RedisThrottle {
@@ -476,10 +454,9 @@ impl RedisThrottle {
         };
         let throttle = RedisThrottle {
             client: client.with_options(&options),
-            script_sha: tokio::sync::OnceCell::new(),
+            script_sha: std::sync::Arc::default(),
             warnings: WarningLimiter::default(),
             views: std::sync::Arc::default(),
-            sync_sha: std::sync::Arc::default(),
         };
         throttle.start_flushing();
         throttle
@@ -489,7 +466,7 @@ impl RedisThrottle {
     fn start_flushing(&self) {
         let views = std::sync::Arc::downgrade(&self.views);
         let client = self.client.clone();
-        let sha = self.sync_sha.clone();
+        let sha = self.script_sha.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -514,9 +491,11 @@ impl RedisThrottle {
                 if due.is_empty() {
                     continue;
                 }
-                let syncs = due
-                    .iter()
-                    .map(|(key, rate, hits)| sync(&client, &sha, key, *rate, *hits, false, ""));
+                let (client, sha) = (&client, &*sha);
+                let syncs = due.iter().map(|(key, rate, hits)| async move {
+                    let member = uuid::Uuid::new_v4().simple().to_string();
+                    run_script(client, sha, key, *rate, *hits, false, &member).await
+                });
                 let outcomes = futures_util::future::join_all(syncs).await;
                 let at = Instant::now();
                 let mut v = views.lock().unwrap_or_else(|e| e.into_inner());
@@ -545,25 +524,7 @@ impl RedisThrottle {
             }
         };
         let member = uuid::Uuid::new_v4().simple().to_string();
-        let outcome = if self.client.is_connected() {
-            tokio::time::timeout(
-                2 * COMMAND_TIMEOUT,
-                sync(
-                    &self.client,
-                    &self.sync_sha,
-                    &redis_key,
-                    rate,
-                    hits,
-                    true,
-                    &member,
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "no reply")))
-        } else {
-            Err(Error::new(ErrorKind::IO, "not connected"))
-        };
-        match outcome {
+        match self.ask(&redis_key, rate, hits, &member).await {
             Ok((accepted, counted, wait_ms)) => {
                 let refused = (!accepted).then_some(wait_ms.max(1));
                 self.views.lock().unwrap_or_else(|e| e.into_inner()).report(
@@ -613,26 +574,42 @@ impl RedisThrottle {
         rate: Rate,
         member: &str,
     ) -> Result<bool, Wait> {
-        // Not even queued while (re)connecting; the timeout also covers a client that was
-        // never connected, whose commands would wait forever.
-        let outcome = if self.client.is_connected() {
-            tokio::time::timeout(
-                2 * COMMAND_TIMEOUT,
-                self.check_and_record(scope, key, rate, member),
-            )
-            .await
-            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "no reply")))
-        } else {
-            Err(Error::new(ErrorKind::IO, "not connected"))
-        };
-        match outcome {
-            Ok(0) => Ok(true),
-            Ok(wait_ms) => Err(Wait::from_millis(wait_ms.max(1).unsigned_abs())),
+        let redis_key = format!("{KEY_PREFIX}{scope}:{key}");
+        match self.ask(&redis_key, rate, 0, member).await {
+            Ok((true, ..)) => Ok(true),
+            Ok((false, _, wait_ms)) => Err(Wait::from_millis(wait_ms.max(1))),
             Err(err) => {
                 self.warn_unavailable(&err);
                 Ok(false)
             }
         }
+    }
+
+    /// [`SCRIPT`] with `check` = 1, in one bounded round trip. Not even queued while
+    /// (re)connecting; the timeout also covers a client that was never connected, whose
+    /// commands would wait forever.
+    async fn ask(
+        &self,
+        redis_key: &str,
+        rate: Rate,
+        hits: u64,
+        member: &str,
+    ) -> Result<(bool, u64, u64), Error> {
+        if !self.client.is_connected() {
+            return Err(Error::new(ErrorKind::IO, "not connected"));
+        }
+        let script = run_script(
+            &self.client,
+            &self.script_sha,
+            redis_key,
+            rate,
+            hits,
+            true,
+            member,
+        );
+        tokio::time::timeout(2 * COMMAND_TIMEOUT, script)
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "no reply")))
     }
 
     /// Removes a recorded member; a failure only leaves it to expire with its window.
@@ -644,41 +621,11 @@ impl RedisThrottle {
             tracing::debug!("throttle: could not take back a reserved entry in Redis");
         }
     }
-
-    async fn check_and_record(
-        &self,
-        scope: &str,
-        key: &str,
-        rate: Rate,
-        member: &str,
-    ) -> Result<i64, Error> {
-        let redis_key = format!("{KEY_PREFIX}{scope}:{key}");
-        let args = vec![
-            rate.count.to_string(),
-            rate.period_secs.saturating_mul(1000).to_string(),
-            member.to_owned(),
-        ];
-        let sha = self
-            .script_sha
-            .get_or_try_init(|| self.client.script_load::<String, _>(CHECK_SCRIPT))
-            .await?;
-        let result = self
-            .client
-            .evalsha(sha.as_str(), redis_key.as_str(), args.clone())
-            .await;
-        match result {
-            // The script cache was flushed or Redis restarted: load it again (same digest).
-            Err(err) if err.details().starts_with("NOSCRIPT") => {
-                let sha: String = self.client.script_load(CHECK_SCRIPT).await?;
-                self.client.evalsha(sha, redis_key.as_str(), args).await
-            }
-            result => result,
-        }
-    }
 }
 
-/// Runs [`SYNC_SCRIPT`] for one key: (accepted, count in the window, wait in ms).
-async fn sync(
+/// Runs [`SCRIPT`] for one key, loading it again after a script flush or a Redis restart:
+/// (accepted, count in the window, wait in ms).
+async fn run_script(
     client: &WithOptions<Client>,
     sha: &tokio::sync::OnceCell<String>,
     redis_key: &str,
@@ -687,20 +634,15 @@ async fn sync(
     check: bool,
     member: &str,
 ) -> Result<(bool, u64, u64), Error> {
-    let member = if member.is_empty() {
-        uuid::Uuid::new_v4().simple().to_string()
-    } else {
-        member.to_owned()
-    };
     let args = vec![
         rate.count.to_string(),
         rate.period_secs.saturating_mul(1000).to_string(),
         hits.to_string(),
         if check { "1" } else { "0" }.to_string(),
-        member,
+        member.to_owned(),
     ];
     let digest = sha
-        .get_or_try_init(|| client.script_load::<String, _>(SYNC_SCRIPT))
+        .get_or_try_init(|| client.script_load::<String, _>(SCRIPT))
         .await?;
     let result: Result<Vec<i64>, Error> = client
         .evalsha(digest.as_str(), redis_key, args.clone())
@@ -708,7 +650,7 @@ async fn sync(
     let values = match result {
         // The script cache was flushed or Redis restarted: load it again (same digest).
         Err(err) if err.details().starts_with("NOSCRIPT") => {
-            let digest: String = client.script_load(SYNC_SCRIPT).await?;
+            let digest: String = client.script_load(SCRIPT).await?;
             client.evalsha(digest, redis_key, args).await?
         }
         result => result?,
@@ -1163,21 +1105,15 @@ mod tests {
         };
         // Stands in for SCRIPT FLUSH or a Redis restart (a real flush would disturb
         // parallel tests): the cached digest is unknown to the server.
-        let stale = RedisThrottle {
-            client: redis.client.clone(),
-            script_sha: tokio::sync::OnceCell::new_with(Some("0".repeat(40))),
-            warnings: WarningLimiter::default(),
-            views: std::sync::Arc::default(),
-            sync_sha: std::sync::Arc::default(),
-        };
-        let result = stale.check_and_record(&scope, "k", rate(5, 60), "m").await;
-        assert_eq!(result.expect("reloaded and ran"), 0);
+        let stale = tokio::sync::OnceCell::new_with(Some("0".repeat(40)));
         let key = format!("{KEY_PREFIX}{scope}:k");
+        let result = run_script(&redis.client, &stale, &key, rate(5, 60), 0, true, "m").await;
+        assert_eq!(result.expect("reloaded and ran"), (true, 2, 0));
         let card: u64 = redis.client.zcard(key.as_str()).await.expect("zcard");
         assert_eq!(card, 2);
-        // The same for the script that records locally accepted hits.
-        let stale_sync = tokio::sync::OnceCell::new_with(Some("0".repeat(40)));
-        let synced = sync(&redis.client, &stale_sync, &key, rate(5, 60), 2, true, "n").await;
+        // Locally accepted hits are recorded by the same script.
+        let stale = tokio::sync::OnceCell::new_with(Some("0".repeat(40)));
+        let synced = run_script(&redis.client, &stale, &key, rate(5, 60), 2, true, "n").await;
         assert_eq!(synced.expect("reloaded and ran"), (true, 5, 0));
         let card: u64 = redis.client.zcard(key.as_str()).await.expect("zcard");
         assert_eq!(card, 5, "two recorded hits and the accepted request");

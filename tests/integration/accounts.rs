@@ -1456,6 +1456,13 @@ fn session_changes_reach_every_web_process_before_the_answer() {
         );
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(whoami(&other, &jar).json()["first_name"], "Renamed");
+        // Through /batch/: held back until the job is committed, then in force at once.
+        let job = json!({"job": {"actions": [
+            {"method": "PATCH", "path": path, "payload": {"first_name": "Batched"}},
+        ]}});
+        let r = w.call("STAFF", "POST", "/batch/", Some(job));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(whoami(&other, &jar).json()["first_name"], "Batched");
         let r = w.call("STAFF", "PATCH", &path, Some(json!({"is_active": false})));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(whoami(&other, &jar).status, 401, "deactivated everywhere");

@@ -188,7 +188,9 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     }
     let mut state = (*app).clone();
     state.db = db.clone();
-    state.sessions = Arc::new(app.sessions.on(db.clone()));
+    // Sessions the steps end or change are invalidated once the job is kept (below).
+    let step_sessions = Arc::new(app.sessions.on(db.clone()));
+    state.sessions = step_sessions.clone();
     let runner = Runner {
         service: step_service(Arc::new(state), Delegated(caller), cid, scope.nested()),
         outer: req,
@@ -198,6 +200,9 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     };
     let result = runner.run(&upload.job.steps).await;
     drop(runner);
+    // The steps' invalidations, taken now: nothing may still hold the transaction at its end.
+    let held = step_sessions.take_deferred();
+    drop(step_sessions);
     let keep = result.is_ok() && !upload.job.dry_run;
     let ended = if nested {
         end_nested(&db, keep).await
@@ -209,13 +214,6 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         match db.finish(keep).await {
             Ok(orphans) => {
                 crate::infra::uploads::remove_stored(&app.config, &orphans).await;
-                if keep {
-                    // Steps may have logged out or changed users: sessions are looked up
-                    // afresh everywhere once the batch is committed.
-                    app.sessions
-                        .invalidate(crate::identity::sessions::Target::All)
-                        .await;
-                }
                 Ok(())
             }
             Err(e) => Err(e),
@@ -224,6 +222,12 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     if let Err(e) = ended {
         tracing::error!("batch transaction could not be completed: {e}");
         return ApiError::Internal.render(res);
+    }
+    if keep {
+        // Committed (or, nested, kept in the enclosing job, which takes them over).
+        for target in held {
+            app.sessions.invalidate(target).await;
+        }
     }
     match result {
         Ok(results) => {
