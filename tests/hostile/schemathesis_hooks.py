@@ -40,6 +40,9 @@ def _coerce(value, schema):
             return False
     if kind == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if kind == "string" and isinstance(value, str) and value != value.strip():
+        # CharField's trim_whitespace (Python's str.strip) runs before max_length.
+        return value.strip()
     if kind == "number" and isinstance(value, str):
         try:
             number = float(value.strip())
@@ -124,7 +127,8 @@ def filter_failure(context, failure, case, response):
     """Drops two kinds of failure that are the API reading its input as upstream does:
 
     - "invalid data accepted" when the body was invalid solely through values DRF coerces
-      (e.g. `{"is_active": 0}`, `{"name": 5}`, or in a form `end_date=` for a nullable date,
+      (e.g. `{"is_active": 0}`, `{"name": 5}`, a name that fits once stripped of surrounding
+      whitespace, or in a form `end_date=` for a nullable date,
       which DRF reads as null, or an empty list, which a form body cannot carry and sends as
       no field at all): once coerced it validates;
     - "valid data rejected" with 400 "Malformed request body" when a multipart part's name
