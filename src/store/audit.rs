@@ -123,10 +123,3 @@ pub async fn count(db: &Db, content_type: &str, object_id: i64) -> Result<i64, D
     .fetch_one(p)
     .await)?)
 }
-
-/// A stored `changes` column as JSON (null when absent or not JSON).
-pub fn changes_json(changes: Option<&str>) -> serde_json::Value {
-    changes
-        .and_then(|c| serde_json::from_str(c).ok())
-        .unwrap_or(serde_json::Value::Null)
-}

@@ -300,7 +300,10 @@ impl LogView for AuditRow {
                 record_name: r.content_type.clone(),
                 record_id: r.object_id,
                 action: crate::store::audit::action_label(r.action).to_string(),
-                changes: crate::store::audit::changes_json(r.changes.as_deref()),
+                changes: r
+                    .changes
+                    .clone()
+                    .and_then(super::summaries::Embedded::parse),
                 cid: r.cid.clone(),
                 remote_addr: r.remote_addr.clone(),
                 remote_port: r.remote_port,
@@ -414,7 +417,7 @@ async fn staff_item<R: LogView>(
 pub struct RequestLogDoc {
     pub id: i64,
     #[salvo(schema(value_type = Option<super::summaries::UserSummaryDoc>))]
-    pub _user: Option<Value>,
+    pub _user: Option<super::summaries::Embedded>,
     pub method: String,
     pub endpoint: String,
     pub response_code: i32,
@@ -441,14 +444,14 @@ pub struct AuditLogDoc {
     pub record_id: Option<i64>,
     pub action: String,
     #[salvo(schema(value_type = Option<serde_json::Map<String, Value>>))]
-    pub changes: Value,
+    pub changes: Option<super::summaries::Embedded>,
     pub cid: Option<String>,
     pub remote_addr: Option<String>,
     pub remote_port: Option<i32>,
     pub timestamp: String,
     pub actor: Option<i64>,
     #[salvo(schema(value_type = Option<super::summaries::UserSummaryDoc>))]
-    pub _actor: Option<Value>,
+    pub _actor: Option<super::summaries::Embedded>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -495,7 +498,7 @@ pub struct TaskResultPage {
 pub struct FeedEntryDoc {
     pub id: String,
     #[salvo(schema(value_type = Option<super::summaries::UserSummaryDoc>))]
-    pub _user: Option<Value>,
+    pub _user: Option<super::summaries::Embedded>,
     pub record_id: i64,
     pub record_type: String,
     pub timestamp: String,

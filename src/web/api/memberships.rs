@@ -16,7 +16,6 @@ use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::Expr;
 use serde::Serialize;
-use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "users | Membership";
 const MODEL: &str = "Membership";
@@ -49,11 +48,11 @@ pub const SPEC: ListSpec = ListSpec {
 pub struct Membership {
     pub id: i64,
     #[salvo(schema(value_type = UserSummaryDoc))]
-    pub _user: Value,
+    pub _user: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = TeamSummaryDoc))]
-    pub _team: Value,
+    pub _team: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub role: String,
     pub user: i64,
     pub team: i64,
@@ -293,8 +292,8 @@ impl Resource for Memberships {
             .iter()
             .map(|m| Membership {
                 id: m.id,
-                _user: users.get(&m.user_id).cloned().unwrap_or(Value::Null),
-                _team: teams.get(&m.team_id).cloned().unwrap_or(Value::Null),
+                _user: users.get(&m.user_id).cloned(),
+                _team: teams.get(&m.team_id).cloned(),
                 _history: history.remove(&m.id).unwrap_or_default(),
                 role: m.role.clone(),
                 user: m.user_id,

@@ -9,7 +9,9 @@ use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// ISO 8601; microseconds only when non-zero (then exactly six digits); `Z` for UTC, else the
 /// offset of `tz`, the site's zone (`server.timezone`).
@@ -70,7 +72,7 @@ pub struct UserSummaryDoc {
     pub role: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[salvo(schema(name = "AuditLogSummary"))]
 pub struct AuditLogSummaryDoc {
     pub id: i64,
@@ -78,14 +80,40 @@ pub struct AuditLogSummaryDoc {
     pub action: String,
     pub actor: Option<i64>,
     #[salvo(schema(value_type = Option<UserSummaryDoc>))]
-    pub _actor: Value,
+    pub _actor: Option<Embedded>,
     #[salvo(schema(value_type = Option<serde_json::Map<String, Value>>))]
-    pub changes: Value,
+    pub changes: Option<Embedded>,
 }
 
-/// A summary as the `Value` the pages embed (serialising these types cannot fail).
-fn value(summary: impl Serialize) -> Value {
-    serde_json::to_value(summary).unwrap_or(Value::Null)
+/// A nested summary rendered to JSON once per page and embedded wherever it appears (a user
+/// may be the submitter of one request, an assignee of another and the author of comments):
+/// cloning shares the text, serialising writes it as it is.
+#[derive(Debug, Clone)]
+pub struct Embedded(Arc<RawValue>);
+
+impl Embedded {
+    /// `summary` as JSON text (serialising these types cannot fail; null if it did).
+    pub fn of(summary: &impl Serialize) -> Embedded {
+        let text = serde_json::to_string(summary).unwrap_or_else(|_| "null".into());
+        Embedded::parse(text).unwrap_or_else(Embedded::null)
+    }
+
+    /// Stored JSON text, embedded as it is; None unless it is one JSON value.
+    pub fn parse(text: String) -> Option<Embedded> {
+        RawValue::from_string(text)
+            .ok()
+            .map(|raw| Embedded(raw.into()))
+    }
+
+    pub fn null() -> Embedded {
+        Embedded(Arc::from(RawValue::NULL.to_owned()))
+    }
+}
+
+impl Serialize for Embedded {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }
 
 fn non_empty(s: &Option<String>) -> Option<&str> {
@@ -112,8 +140,8 @@ pub fn abbreviation(u: &User) -> String {
     abbr.to_uppercase()
 }
 
-pub fn user_summary(u: &User) -> Value {
-    value(UserSummaryDoc {
+pub fn user_summary(u: &User) -> Embedded {
+    Embedded::of(&UserSummaryDoc {
         id: u.id,
         username: u.username.clone(),
         first_name: u.first_name.clone(),
@@ -149,7 +177,7 @@ async fn load_users(db: &Db, ids: &[i64]) -> Result<Vec<User>, DbError> {
 }
 
 /// UserSummary objects by id (one query).
-pub async fn users_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>, DbError> {
+pub async fn users_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Embedded>, DbError> {
     Ok(load_users(db, ids)
         .await?
         .iter()
@@ -165,8 +193,8 @@ pub struct TeamRow {
     pub is_active: bool,
 }
 
-pub fn team_summary(t: &TeamRow) -> Value {
-    value(TeamSummaryDoc {
+pub fn team_summary(t: &TeamRow) -> Embedded {
+    Embedded::of(&TeamSummaryDoc {
         id: t.id,
         slug: t.slug.clone(),
         name: t.name.clone(),
@@ -175,7 +203,7 @@ pub fn team_summary(t: &TeamRow) -> Value {
 }
 
 /// TeamSummary objects by id (one query).
-pub async fn teams_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>, DbError> {
+pub async fn teams_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Embedded>, DbError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -194,8 +222,15 @@ struct ClusterSummaryRow {
     enabled: bool,
 }
 
+/// A cluster's summary, and its name to order by.
+#[derive(Debug, Clone)]
+pub struct ClusterSummary {
+    pub name: String,
+    pub summary: Embedded,
+}
+
 /// ClusterSummary objects by id (one query).
-pub async fn clusters_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>, DbError> {
+pub async fn clusters_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, ClusterSummary>, DbError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -207,12 +242,13 @@ pub async fn clusters_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>,
     Ok(rows
         .into_iter()
         .map(|c| {
-            let summary = ClusterSummaryDoc {
+            let summary = Embedded::of(&ClusterSummaryDoc {
                 id: c.id,
-                name: c.name,
+                name: c.name.clone(),
                 enabled: c.enabled,
-            };
-            (c.id, value(summary))
+            });
+            let name = c.name;
+            (c.id, ClusterSummary { name, summary })
         })
         .collect())
 }
@@ -244,13 +280,14 @@ pub async fn memberships_where(
 
 /// `_history` for a page: entries of `content_type` for `ids`, newest first, with `_actor`
 /// summaries, in two queries whatever the page size; timestamps in the site's zone `tz`.
+/// `changes` is embedded as stored ([`crate::store::audit::changes`]), not parsed per entry.
 pub async fn history(
     db: &Db,
     tz: Tz,
     content_type: &str,
     ids: &[i64],
-) -> Result<HashMap<i64, Vec<Value>>, DbError> {
-    let mut out: HashMap<i64, Vec<Value>> = HashMap::new();
+) -> Result<HashMap<i64, Vec<AuditLogSummaryDoc>>, DbError> {
+    let mut out: HashMap<i64, Vec<AuditLogSummaryDoc>> = HashMap::new();
     let rows = crate::store::audit::entries(db, content_type, ids).await?;
     let actor_ids: Vec<i64> = rows.iter().filter_map(|r| r.actor_id).collect();
     let actors = users_by_id(db, &actor_ids).await?;
@@ -258,19 +295,14 @@ pub async fn history(
         let Some(object_id) = r.object_id else {
             continue;
         };
-        out.entry(object_id)
-            .or_default()
-            .push(value(AuditLogSummaryDoc {
-                id: r.id,
-                timestamp: render_datetime(&r.timestamp, tz),
-                action: crate::store::audit::action_label(r.action).to_string(),
-                actor: r.actor_id,
-                _actor: r
-                    .actor_id
-                    .and_then(|a| actors.get(&a).cloned())
-                    .unwrap_or(Value::Null),
-                changes: crate::store::audit::changes_json(r.changes.as_deref()),
-            }));
+        out.entry(object_id).or_default().push(AuditLogSummaryDoc {
+            id: r.id,
+            timestamp: render_datetime(&r.timestamp, tz),
+            action: crate::store::audit::action_label(r.action).to_string(),
+            actor: r.actor_id,
+            _actor: r.actor_id.and_then(|a| actors.get(&a).cloned()),
+            changes: r.changes.and_then(Embedded::parse),
+        });
     }
     Ok(out)
 }

@@ -17,7 +17,6 @@ use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
-use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "users | Team";
 const MODEL: &str = "Team";
@@ -44,7 +43,7 @@ pub struct UserRole {
     pub user: i64,
     pub role: String,
     #[salvo(schema(value_type = UserSummaryDoc))]
-    pub _user: Value,
+    pub _user: Option<crate::web::api::summaries::Embedded>,
 }
 
 // A team as the API renders and documents it (a doc comment here would become the schema's
@@ -57,7 +56,7 @@ pub struct Team {
     pub is_active: bool,
     pub _membership: Vec<UserRole>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub name: String,
     pub users: Vec<i64>,
 }
@@ -248,7 +247,7 @@ impl Resource for Teams {
                         id: m.id,
                         user: m.user_id,
                         role: m.role.clone(),
-                        _user: users.get(&m.user_id).cloned().unwrap_or(Value::Null),
+                        _user: users.get(&m.user_id).cloned(),
                     })
                     .collect();
                 let mut member_ids: Vec<i64> = mine.iter().map(|m| m.user_id).collect();

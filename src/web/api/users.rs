@@ -3,7 +3,7 @@
 
 use super::list::{Column, Kind, ListSpec, search};
 use super::resource::{self, Docs, Field, Policy, Resource, Val, Who, Write};
-use super::summaries::{self, AuditLogSummaryDoc, TeamSummaryDoc, render_datetime, team_summary};
+use super::summaries::{self, AuditLogSummaryDoc, TeamSummaryDoc, render_datetime};
 use super::{Caller, Via, body};
 use crate::domain::validation::{Text, Validator};
 use crate::store::audit::{self, Action, AuditContext, Snapshot};
@@ -15,7 +15,7 @@ use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
-use serde_json::{Value, json};
+use std::collections::HashMap;
 
 pub const CONTENT_TYPE: &str = "users | User";
 const MODEL: &str = "User";
@@ -74,7 +74,8 @@ pub struct TeamRole {
     pub id: i64,
     pub team: i64,
     pub role: String,
-    pub _team: TeamSummaryDoc,
+    #[salvo(schema(value_type = TeamSummaryDoc))]
+    pub _team: Option<summaries::Embedded>,
 }
 
 /// The user representation (same keys for every caller).
@@ -84,10 +85,9 @@ pub struct UserDoc {
     pub id: i64,
     pub display_name: String,
     pub abbreviation: String,
-    #[salvo(schema(value_type = Vec<TeamRole>))]
-    pub _membership: Vec<Value>,
+    pub _membership: Vec<TeamRole>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub is_superuser: bool,
     pub username: String,
     pub first_name: Option<String>,
@@ -554,15 +554,16 @@ impl Resource for Users {
         let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
         let memberships = summaries::memberships_where(db, "user_id", &ids).await?;
         let team_ids: Vec<i64> = memberships.iter().map(|m| m.team_id).collect();
-        let mut q = Query::select();
-        q.columns(["id", "name", "slug", "is_active"].map(Alias::new))
-            .from(Alias::new("users_team"))
-            .and_where(Expr::col(Alias::new("id")).is_in(team_ids));
-        let teams: Vec<summaries::TeamRow> = if memberships.is_empty() {
-            Vec::new()
-        } else {
-            crate::store::fetch_all(db, &q).await?
-        };
+        let teams = summaries::teams_by_id(db, &team_ids).await?;
+        let mut roles: HashMap<i64, Vec<TeamRole>> = HashMap::new();
+        for m in memberships {
+            roles.entry(m.user_id).or_default().push(TeamRole {
+                id: m.id,
+                team: m.team_id,
+                role: m.role,
+                _team: teams.get(&m.team_id).cloned(),
+            });
+        }
         let mut history = crate::web::api::summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
         Ok(users
             .iter()
@@ -570,18 +571,7 @@ impl Resource for Users {
                 id: u.id,
                 display_name: summaries::display_name(u),
                 abbreviation: summaries::abbreviation(u),
-                _membership: memberships
-                    .iter()
-                    .filter(|m| m.user_id == u.id)
-                    .map(|m| {
-                        let team = teams
-                            .iter()
-                            .find(|t| t.id == m.team_id)
-                            .map(team_summary)
-                            .unwrap_or(Value::Null);
-                        json!({"id": m.id, "team": m.team_id, "role": m.role, "_team": team})
-                    })
-                    .collect(),
+                _membership: roles.remove(&u.id).unwrap_or_default(),
                 _history: history.remove(&u.id).unwrap_or_default(),
                 is_superuser: u.is_superuser,
                 username: u.username.clone(),

@@ -28,7 +28,6 @@ use salvo::oapi::ToSchema;
 use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
 use serde::Serialize;
-use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -91,9 +90,9 @@ pub struct Attachment {
     pub file: String,
     pub name: String,
     #[salvo(schema(value_type = AllocationRequestSummaryDoc))]
-    pub _request: Value,
+    pub _request: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub uploaded: String,
     pub request: i64,
 }
@@ -335,7 +334,7 @@ impl Resource for Attachments {
                 id: a.id,
                 file: a.file.clone(),
                 name: a.name.clone(),
-                _request: requests.get(&a.request_id).cloned().unwrap_or(Value::Null),
+                _request: requests.get(&a.request_id).cloned(),
                 _history: history.remove(&a.id).unwrap_or_default(),
                 uploaded: render_datetime(&a.uploaded, tz),
                 request: a.request_id,

@@ -17,7 +17,6 @@ use chrono_tz::Tz;
 use salvo::oapi::{Components, RefOr, Schema, ToSchema};
 use sea_query::{Alias, Cond, Expr, ExprTrait, Query};
 use serde::Serialize;
-use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "allocations | Cluster";
 const MODEL: &str = "Cluster";
@@ -50,9 +49,9 @@ pub const SPEC: ListSpec = ListSpec {
 pub struct Cluster {
     pub id: i64,
     #[salvo(schema(value_type = Vec<TeamSummaryDoc>))]
-    pub _access_teams: Vec<Value>,
+    pub _access_teams: Vec<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     #[salvo(schema(max_length = 50))]
     pub name: String,
     #[salvo(schema(max_length = 150, required))]
@@ -308,7 +307,7 @@ impl Resource for Clusters {
                     .filter(|(cid, _)| *cid == c.id)
                     .map(|(_, t)| *t)
                     .collect();
-                let expanded: Vec<Value> =
+                let expanded: Vec<summaries::Embedded> =
                     mine.iter().filter_map(|t| teams.get(t).cloned()).collect();
                 Cluster {
                     id: c.id,

@@ -20,7 +20,6 @@ use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
 use serde::Serialize;
-use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "allocations | Comment";
 const MODEL: &str = "Comment";
@@ -72,11 +71,11 @@ pub struct Comment {
     pub id: i64,
     pub user: i64,
     #[salvo(schema(value_type = UserSummaryDoc))]
-    pub _user: Value,
+    pub _user: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = AllocationRequestSummaryDoc))]
-    pub _request: Value,
+    pub _request: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     #[salvo(schema(max_length = 2000))]
     pub content: String,
     pub created: String,
@@ -291,8 +290,8 @@ impl Resource for Comments {
             .map(|c| Comment {
                 id: c.id,
                 user: c.user_id,
-                _user: users.get(&c.user_id).cloned().unwrap_or(Value::Null),
-                _request: requests.get(&c.request_id).cloned().unwrap_or(Value::Null),
+                _user: users.get(&c.user_id).cloned(),
+                _request: requests.get(&c.request_id).cloned(),
                 _history: history.remove(&c.id).unwrap_or_default(),
                 content: c.content.clone(),
                 created: render_datetime(&c.created, tz),

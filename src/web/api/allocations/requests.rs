@@ -21,6 +21,7 @@ use salvo::oapi::{Components, RefOr, Schema, ToSchema};
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 
 // Attachments and comments name the summary schema through this module.
 pub use super::shared::AllocationRequestSummaryDoc;
@@ -100,15 +101,15 @@ pub struct RequestRow {
 pub struct AllocationRequest {
     pub id: i64,
     #[salvo(schema(value_type = UserSummaryDoc))]
-    pub _submitter: Value,
+    pub _submitter: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = TeamSummaryDoc))]
-    pub _team: Value,
+    pub _team: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<UserSummaryDoc>))]
-    pub _assignees: Vec<Value>,
+    pub _assignees: Vec<crate::web::api::summaries::Embedded>,
     pub _publications: Vec<PublicationSummary>,
     pub _grants: Vec<GrantSummary>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub _allocations: Vec<ResourceAllocationSummary>,
     pub _attachments: Vec<AttachmentSummary>,
     pub _comments: Vec<CommentSummary>,
@@ -145,7 +146,7 @@ pub struct ResourceAllocationSummary {
     #[salvo(schema(minimum = 0, maximum = 2147483647))]
     pub r#final: Option<i64>,
     #[salvo(schema(value_type = summaries::ClusterSummaryDoc))]
-    pub _cluster: Value,
+    pub _cluster: Option<crate::web::api::summaries::Embedded>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -165,7 +166,7 @@ pub struct CommentSummary {
     pub created: String,
     pub private: bool,
     #[salvo(schema(value_type = UserSummaryDoc))]
-    pub _user: Value,
+    pub _user: Option<crate::web::api::summaries::Embedded>,
 }
 
 // Read as stored (`team` is the `team_id` column; the amount is two-decimal text).
@@ -246,6 +247,15 @@ pub struct AllocationRequestRequestDoc {
 
 /// (request id, linked id): a row of a side table.
 type LinkRow = (i64, i64);
+
+/// `items` by `key`, each group in the items' order.
+fn group<T>(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> i64) -> HashMap<i64, Vec<T>> {
+    let mut groups: HashMap<i64, Vec<T>> = HashMap::new();
+    for item in items {
+        groups.entry(key(&item)).or_default().push(item);
+    }
+    groups
+}
 
 /// `SELECT <columns> FROM <table> WHERE <key> IN (<ids>) ORDER BY <order>` (one query, none
 /// without ids): a column `a AS b` reads column `a` as `b`; `computed` is one more column
@@ -655,47 +665,67 @@ impl Resource for Requests {
         let clusters = summaries::clusters_by_id(db, &cluster_ids).await?;
         let mut history = summaries::history(db, tz, CONTENT_TYPE, &ids).await?;
 
-        let user = |id: i64| users.get(&id).cloned().unwrap_or(Value::Null);
+        let user = |id: i64| users.get(&id).cloned();
+        // Side rows by request, each group in its query's order (links by linked id,
+        // attachments by id, comments by creation time).
+        let linked = |links: &[LinkRow]| group(links.iter().copied(), |l| l.0);
+        let (assignees, publication_ids, grant_ids) = (
+            linked(&assignees),
+            linked(&publication_links),
+            linked(&grant_links),
+        );
+        // Publications and grants by title: each request's share of the title-ordered rows.
+        let by_title = |by_request: &HashMap<i64, Vec<LinkRow>>| {
+            let mut owners: HashMap<i64, Vec<i64>> = HashMap::new();
+            for (request, target) in by_request.values().flatten() {
+                owners.entry(*target).or_default().push(*request);
+            }
+            owners
+        };
+        let mut publications_of: HashMap<i64, Vec<PublicationSummary>> = HashMap::new();
+        let owners = by_title(&publication_ids);
+        for p in publications {
+            for request in owners.get(&p.id).into_iter().flatten() {
+                publications_of.entry(*request).or_default().push(p.clone());
+            }
+        }
+        let mut grants_of: HashMap<i64, Vec<GrantSummary>> = HashMap::new();
+        let owners = by_title(&grant_ids);
+        for g in grants {
+            for request in owners.get(&g.id).into_iter().flatten() {
+                grants_of.entry(*request).or_default().push(g.clone());
+            }
+        }
+        let mut allocations = group(allocations, |a| a.request_id);
+        let mut attachments = group(attachments, |a| a.0);
+        let mut comments = group(comments, |c| c.request_id);
+        let targets = |by_request: &HashMap<i64, Vec<LinkRow>>, id: i64| -> Vec<i64> {
+            by_request
+                .get(&id)
+                .map(|links| links.iter().map(|l| l.1).collect())
+                .unwrap_or_default()
+        };
         Ok(rows
             .iter()
             .map(|r| {
-                let linked = |links: &[LinkRow]| -> Vec<i64> {
-                    links
-                        .iter()
-                        .filter(|(owner, _)| *owner == r.id)
-                        .map(|(_, target)| *target)
-                        .collect()
-                };
-                let assignee_ids = linked(&assignees);
-                let publication_ids = linked(&publication_links);
-                let grant_ids = linked(&grant_links);
-                // Nested arrays: publications and grants by title; allocations by cluster name;
-                // comments by creation time.
-                let mut mine: Vec<&AllocationRow> = allocations
-                    .iter()
-                    .filter(|a| a.request_id == r.id)
-                    .collect();
+                let assignee_ids = targets(&assignees, r.id);
+                // Allocations by cluster name.
+                let mut mine = allocations.remove(&r.id).unwrap_or_default();
                 mine.sort_by(|a, b| {
-                    let name = |x: &AllocationRow| {
-                        clusters.get(&x.cluster_id).and_then(|c| c["name"].as_str())
-                    };
+                    let name =
+                        |x: &AllocationRow| clusters.get(&x.cluster_id).map(|c| c.name.as_str());
                     name(a).cmp(&name(b)).then(a.id.cmp(&b.id))
                 });
                 AllocationRequest {
                     id: r.id,
                     _submitter: user(r.submitter_id),
-                    _team: teams.get(&r.team_id).cloned().unwrap_or(Value::Null),
-                    _assignees: assignee_ids.iter().map(|u| user(*u)).collect(),
-                    _publications: publications
+                    _team: teams.get(&r.team_id).cloned(),
+                    _assignees: assignee_ids
                         .iter()
-                        .filter(|p| publication_ids.contains(&p.id))
-                        .cloned()
+                        .map(|u| user(*u).unwrap_or_else(summaries::Embedded::null))
                         .collect(),
-                    _grants: grants
-                        .iter()
-                        .filter(|g| grant_ids.contains(&g.id))
-                        .cloned()
-                        .collect(),
+                    _publications: publications_of.remove(&r.id).unwrap_or_default(),
+                    _grants: grants_of.remove(&r.id).unwrap_or_default(),
                     _history: history.remove(&r.id).unwrap_or_default(),
                     _allocations: mine
                         .iter()
@@ -705,27 +735,26 @@ impl Resource for Requests {
                             requested: a.requested.into(),
                             awarded: a.awarded.map(i64::from),
                             r#final: a.r#final.map(i64::from),
-                            _cluster: clusters.get(&a.cluster_id).cloned().unwrap_or(Value::Null),
+                            _cluster: clusters.get(&a.cluster_id).map(|c| c.summary.clone()),
                         })
                         .collect(),
                     _attachments: attachments
-                        .iter()
-                        .filter(|(request, ..)| *request == r.id)
-                        .map(|(_, file, name)| AttachmentSummary {
-                            file: file.clone(),
-                            name: name.clone(),
-                        })
+                        .remove(&r.id)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(_, file, name)| AttachmentSummary { file, name })
                         .collect(),
                     _comments: comments
-                        .iter()
-                        .filter(|c| c.request_id == r.id)
+                        .remove(&r.id)
+                        .unwrap_or_default()
+                        .into_iter()
                         .map(|c| CommentSummary {
                             id: c.id,
                             user: c.user_id,
-                            content: c.content.clone(),
                             created: render_datetime(&c.created, tz),
                             private: c.private,
                             _user: user(c.user_id),
+                            content: c.content,
                         })
                         .collect(),
                     title: r.title.clone(),
@@ -737,8 +766,8 @@ impl Resource for Requests {
                     submitter: r.submitter_id,
                     team: r.team_id,
                     assignees: assignee_ids,
-                    publications: publication_ids,
-                    grants: grant_ids,
+                    publications: targets(&publication_ids, r.id),
+                    grants: targets(&grant_ids, r.id),
                 }
             })
             .collect())

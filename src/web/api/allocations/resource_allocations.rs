@@ -60,11 +60,11 @@ pub const SPEC: ListSpec = ListSpec {
 pub struct ResourceAllocation {
     pub id: i64,
     #[salvo(schema(value_type = crate::web::api::summaries::ClusterSummaryDoc))]
-    pub _cluster: Value,
+    pub _cluster: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = shared::AllocationRequestSummaryDoc))]
-    pub _request: Value,
+    pub _request: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     #[salvo(schema(minimum = 0, maximum = 2147483647))]
     pub requested: i64,
     #[salvo(schema(minimum = 0, maximum = 2147483647, required))]
@@ -397,8 +397,8 @@ impl Resource for ResourceAllocations {
             .iter()
             .map(|a| ResourceAllocation {
                 id: a.id,
-                _cluster: cls.get(&a.cluster_id).cloned().unwrap_or(Value::Null),
-                _request: reqs.get(&a.request_id).cloned().unwrap_or(Value::Null),
+                _cluster: cls.get(&a.cluster_id).map(|c| c.summary.clone()),
+                _request: reqs.get(&a.request_id).cloned(),
                 _history: history.remove(&a.id).unwrap_or_default(),
                 requested: a.requested.into(),
                 awarded: a.awarded.map(i64::from),

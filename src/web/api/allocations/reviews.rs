@@ -17,7 +17,6 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use salvo::oapi::{Components, RefOr, Schema, ToSchema};
 use serde::Serialize;
-use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "allocations | AllocationReview";
 const MODEL: &str = "AllocationReview";
@@ -60,11 +59,11 @@ pub const SPEC: ListSpec = ListSpec {
 pub struct AllocationReview {
     pub id: i64,
     #[salvo(schema(value_type = AllocationRequestSummaryDoc))]
-    pub _request: Value,
+    pub _request: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = UserSummaryDoc))]
-    pub _reviewer: Value,
+    pub _reviewer: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     /// * `AP` - Approved
     /// * `DC` - Declined
     /// * `CR` - Changes Requested
@@ -252,8 +251,8 @@ impl Resource for Reviews {
             .iter()
             .map(|r| AllocationReview {
                 id: r.id,
-                _request: reqs.get(&r.request_id).cloned().unwrap_or(Value::Null),
-                _reviewer: users.get(&r.reviewer_id).cloned().unwrap_or(Value::Null),
+                _request: reqs.get(&r.request_id).cloned(),
+                _reviewer: users.get(&r.reviewer_id).cloned(),
                 _history: history.remove(&r.id).unwrap_or_default(),
                 status: r.status.clone(),
                 submitted: render_datetime(&r.submitted, tz),

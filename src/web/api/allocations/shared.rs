@@ -8,11 +8,11 @@ use crate::store::Db;
 use crate::web::ApiError;
 use crate::web::api::Caller;
 use crate::web::api::body::Body;
+use crate::web::api::summaries::Embedded;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use serde::Serialize;
-use serde_json::{Value, json};
 use std::collections::HashMap;
 
 /// The allocation request table.
@@ -87,7 +87,7 @@ struct SummaryRow {
 }
 
 /// AllocationRequestSummary objects by id (one query).
-pub async fn summaries_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>, ApiError> {
+pub async fn summaries_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Embedded>, ApiError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -102,12 +102,12 @@ pub async fn summaries_by_id(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Value>
     Ok(rows
         .iter()
         .map(|r| {
-            let summary = json!({
-                "id": r.id,
-                "title": r.title,
-                "status": r.status,
-                "active": date_text(&r.active),
-                "expire": date_text(&r.expire),
+            let summary = Embedded::of(&AllocationRequestSummaryDoc {
+                id: r.id,
+                title: r.title.clone(),
+                status: r.status.clone(),
+                active: date_text(&r.active),
+                expire: date_text(&r.expire),
             });
             (r.id, summary)
         })

@@ -17,7 +17,6 @@ use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::{Alias, Expr, ExprTrait, SelectStatement};
 use serde::Serialize;
-use serde_json::Value;
 
 const MODEL: &str = "Notification";
 pub const TABLE: &str = "notifications_notification";
@@ -97,7 +96,7 @@ pub struct Notification {
     pub notification_type: String,
     pub user: i64,
     #[salvo(schema(value_type = UserSummaryDoc))]
-    pub _user: Value,
+    pub _user: Option<crate::web::api::summaries::Embedded>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -212,7 +211,7 @@ impl Resource for Notifications {
                 message_html: n.message_html.clone(),
                 notification_type: n.notification_type.clone(),
                 user: n.user_id,
-                _user: users.get(&n.user_id).cloned().unwrap_or(Value::Null),
+                _user: users.get(&n.user_id).cloned(),
             })
             .collect())
     }

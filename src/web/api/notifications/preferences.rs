@@ -65,7 +65,7 @@ pub const SPEC: ListSpec = ListSpec {
 pub struct Preference {
     pub id: i64,
     #[salvo(schema(value_type = UserSummaryDoc))]
-    pub _user: Value,
+    pub _user: Option<crate::web::api::summaries::Embedded>,
     /// Any JSON value; by default `[30, 14]`.
     pub request_expiry_thresholds: Value,
     pub notify_on_expiration: bool,
@@ -274,7 +274,7 @@ impl Resource for Preferences {
             .iter()
             .map(|r| Preference {
                 id: r.id,
-                _user: users.get(&r.user_id).cloned().unwrap_or(Value::Null),
+                _user: users.get(&r.user_id).cloned(),
                 request_expiry_thresholds: r.thresholds_json(),
                 notify_on_expiration: r.notify_on_expiration,
                 user: r.user_id,

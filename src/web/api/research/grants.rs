@@ -17,7 +17,6 @@ use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::SelectStatement;
 use serde::Serialize;
-use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "research_products | Grant";
 const MODEL: &str = "Grant";
@@ -64,9 +63,9 @@ pub const SPEC: ListSpec = ListSpec {
 pub struct Grant {
     pub id: i64,
     #[salvo(schema(value_type = TeamSummaryDoc))]
-    pub _team: Value,
+    pub _team: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub title: String,
     pub agency: String,
     pub pi: Option<String>,
@@ -239,7 +238,7 @@ impl Resource for Grants {
             .iter()
             .map(|g| Grant {
                 id: g.id,
-                _team: teams.get(&g.team_id).cloned().unwrap_or(Value::Null),
+                _team: teams.get(&g.team_id).cloned(),
                 _history: history.remove(&g.id).unwrap_or_default(),
                 title: g.title.clone(),
                 agency: g.agency.clone(),

@@ -17,7 +17,6 @@ use chrono_tz::Tz;
 use salvo::oapi::ToSchema;
 use sea_query::SelectStatement;
 use serde::Serialize;
-use serde_json::Value;
 
 pub const CONTENT_TYPE: &str = "research_products | Publication";
 const MODEL: &str = "Publication";
@@ -61,9 +60,9 @@ pub const SPEC: ListSpec = ListSpec {
 pub struct Publication {
     pub id: i64,
     #[salvo(schema(value_type = TeamSummaryDoc))]
-    pub _team: Value,
+    pub _team: Option<crate::web::api::summaries::Embedded>,
     #[salvo(schema(value_type = Vec<AuditLogSummaryDoc>))]
-    pub _history: Vec<Value>,
+    pub _history: Vec<crate::web::api::summaries::AuditLogSummaryDoc>,
     pub title: String,
     #[serde(rename = "abstract")]
     pub abstract_: Option<String>,
@@ -253,7 +252,7 @@ impl Resource for Publications {
             .iter()
             .map(|p| Publication {
                 id: p.id,
-                _team: teams.get(&p.team_id).cloned().unwrap_or(Value::Null),
+                _team: teams.get(&p.team_id).cloned(),
                 _history: history.remove(&p.id).unwrap_or_default(),
                 title: p.title.clone(),
                 abstract_: p.abstract_.clone(),
