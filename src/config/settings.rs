@@ -263,6 +263,9 @@ section! {
         /// Deliveries of one queued task without an outcome (its workers died or were killed)
         /// after which it is moved to the dead-letter stream instead of being run again.
         pub max_deliveries: u32 = 5,
+        /// Seconds one run of a task may take before it is stopped and recorded as FAILURE
+        /// (`TimeLimitExceeded`, not retried); 0 means no limit.
+        pub time_limit: u64 = 3600,
     }
 }
 

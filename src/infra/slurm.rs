@@ -177,6 +177,9 @@ async fn run(argv: &[String], timeout: Option<Duration>) -> Result<String, Slurm
         .stderr(Stdio::piped())
         // Dropping the wait below on timeout kills the command.
         .kill_on_drop(true)
+        // Its own process group: a Ctrl-C in the terminal (SIGINT to the foreground group)
+        // reaches only the daemon, which lets the running command finish while it drains.
+        .process_group(0)
         .spawn()
         .map_err(|e| fail(format!("cannot start {program}: {e}")))?;
     let output = match timeout {

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How often a tick that could not be enqueued is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
 /// One declared schedule entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -107,6 +110,10 @@ struct Clock {
     identity: String,
     ttl: Duration,
     lease: Option<Lease>,
+    /// A tick whose every push failed, per entry: tried again every [`RETRY_EVERY`] until it
+    /// is enqueued, a later tick of the same entry takes its place (no back-fill), or the
+    /// lease is lost (the next leader's catch-up enqueues it: its run was never recorded).
+    unsent: Vec<Option<DateTime<Utc>>>,
     /// Whether this process reports leadership changes in systemd's STATUS= line.
     report: bool,
 }
@@ -119,10 +126,12 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
     report_status: bool,
 ) -> tokio::task::JoinHandle<()> {
+    let entries = entries(&config);
     let clock = Clock {
         db,
         tasks,
-        entries: entries(&config),
+        unsent: vec![None; entries.len()],
+        entries,
         identity: crate::daemon::node_id(),
         ttl: Duration::from_secs(config.settings.beat.lease.max(1)),
         lease: None,
@@ -142,19 +151,34 @@ impl Clock {
         let mut cursors = vec![started; self.entries.len()];
         let lease_every = (self.ttl / 3).max(Duration::from_millis(200));
         let mut next_lease_check = Instant::now();
+        let mut next_retry = Instant::now();
         loop {
             if Instant::now() >= next_lease_check {
                 self.maintain_lease().await;
                 next_lease_check = Instant::now() + lease_every;
             }
             let now = Utc::now();
+            let retry_now = Instant::now() >= next_retry;
             for (i, cursor) in cursors.iter_mut().enumerate() {
-                if let Some(at) = latest_due(&self.entries[i], *cursor, now) {
+                let due = latest_due(&self.entries[i], *cursor, now);
+                if let Some(at) = due {
                     *cursor = at;
-                    if self.lease.is_some() {
-                        self.fire(i, at).await;
+                    self.unsent[i] = Some(at);
+                }
+                let Some(at) = self.unsent[i] else { continue };
+                if self.lease.is_none() {
+                    self.unsent[i] = None;
+                } else if due.is_some() || retry_now {
+                    if due.is_none() {
+                        tracing::info!("schedule {} retries its tick of {at}", self.entries[i].key);
+                    }
+                    if self.fire(i, at).await {
+                        self.unsent[i] = None;
                     }
                 }
+            }
+            if retry_now {
+                next_retry = Instant::now() + RETRY_EVERY;
             }
             let now = Utc::now();
             let next_tick = self
@@ -165,7 +189,11 @@ impl Clock {
                 .min()
                 .and_then(|t| (t - now).to_std().ok())
                 .unwrap_or(Duration::ZERO);
-            let wait = next_tick.min(next_lease_check.saturating_duration_since(Instant::now()));
+            let mut wait =
+                next_tick.min(next_lease_check.saturating_duration_since(Instant::now()));
+            if self.unsent.iter().any(Option::is_some) {
+                wait = wait.min(next_retry.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => break,
@@ -241,7 +269,9 @@ impl Clock {
                         "schedule {} missed its run at {prev} (last run {last}); enqueuing it now",
                         entry.key
                     );
-                    self.fire(i, prev).await;
+                    if !self.fire(i, prev).await && self.lease.is_some() {
+                        self.unsent[i] = Some(prev);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("beat cannot read the last run of {}: {e}", entry.key),
@@ -249,9 +279,12 @@ impl Clock {
         }
     }
 
-    /// Enqueues one tick under our lease.
-    async fn fire(&mut self, i: usize, at: DateTime<Utc>) {
-        let Some(lease) = &self.lease else { return };
+    /// Enqueues one tick under our lease. False when every push failed: the tick is still
+    /// to be enqueued.
+    async fn fire(&mut self, i: usize, at: DateTime<Utc>) -> bool {
+        let Some(lease) = &self.lease else {
+            return false;
+        };
         let entry = &self.entries[i];
         let mut msg = Message::new(entry.task, Vec::new());
         msg.periodic = Some(entry.task.to_string());
@@ -281,16 +314,26 @@ impl Clock {
                 tracing::info!(task_id = %msg.id, "schedule {} fired for {at}: {}", entry.key, entry.task);
                 self.tasks.record_pending(&msg).await;
                 self.remember(i, at).await;
+                true
             }
             Ok(TickOutcome::AlreadyEnqueued) => {
                 tracing::debug!("schedule {} tick {at} was already enqueued", entry.key);
                 self.remember(i, at).await;
+                true
             }
             Ok(TickOutcome::NotLeader) => {
                 self.lease = None;
                 self.status("beat: standby (the leader lease is no longer ours)");
+                false
             }
-            Err(e) => tracing::error!("beat could not enqueue {} for {at}: {e}", entry.key),
+            Err(e) => {
+                tracing::error!(
+                    "beat could not enqueue {} for {at}: {e}; trying again every {}s",
+                    entry.key,
+                    RETRY_EVERY.as_secs()
+                );
+                false
+            }
         }
     }
 

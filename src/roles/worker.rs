@@ -120,6 +120,8 @@ struct Shared {
     max_deliveries: u64,
     /// How often a running task tells the queue it is still alive.
     extend_every: Duration,
+    /// How long one run may take (`worker.time_limit`; None: no limit).
+    time_limit: Option<Duration>,
     /// Deliveries being run, by receipt (released on a shutdown that outlasts the grace).
     in_flight: Mutex<HashMap<String, Delivery>>,
     warnings: QuietWarnings,
@@ -166,6 +168,8 @@ pub fn spawn(
         identity: crate::daemon::node_id(),
         max_deliveries: u64::from(config.settings.worker.max_deliveries.max(1)),
         extend_every: (visibility / 3).max(Duration::from_millis(200)),
+        time_limit: (config.settings.worker.time_limit > 0)
+            .then(|| Duration::from_secs(config.settings.worker.time_limit)),
         config,
         db,
         queue,
@@ -392,7 +396,10 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
         return;
     }
 
-    // Keep the delivery ours while it runs, however long that takes.
+    // Keep the delivery ours while it runs, however long that takes; if another worker
+    // took it over meanwhile (this one was stopped or cut off for longer than the
+    // visibility timeout), this run stops: the other one records the outcome.
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let extender = AbortOnDrop({
         let shared = shared.clone();
         let d = d.clone();
@@ -402,7 +409,7 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
                 match shared.queue.extend(&d).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(entry = %d.receipt, "another worker took this task over (this one was silent for longer than worker.visibility_timeout)");
+                        let _ = lost_tx.send(());
                         return;
                     }
                     Err(e) => shared.warnings.warn("cannot extend a running task", &e),
@@ -411,8 +418,44 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
         })
     });
     tracing::info!(task = %msg.task, task_id = %msg.id, attempt = msg.attempt + 1, "task started");
-    let attempt = results::start(&ctx, &run).await;
+    let began = Utc::now();
+    let run_to_end = async {
+        match shared.time_limit {
+            None => (results::start(&ctx, &run).await, false),
+            // Past the limit the run is dropped: its pending work is cancelled and the
+            // commands it started are killed (they are started with kill-on-drop).
+            Some(limit) => match tokio::time::timeout(limit, results::start(&ctx, &run)).await {
+                Ok(attempt) => (attempt, false),
+                Err(_) => {
+                    let err = time_limit_exceeded(limit);
+                    tracing::error!(task = %msg.task, task_id = %msg.id, "{err}");
+                    let attempt = results::Attempt {
+                        started: began,
+                        elapsed: limit,
+                        outcome: Err(err),
+                    };
+                    (attempt, true)
+                }
+            },
+        }
+    };
+    let ended = tokio::select! {
+        ended = run_to_end => Some(ended),
+        Ok(()) = lost_rx => None,
+    };
     drop(extender);
+    // The claim is checked once more before anything is stored: a run that ended while
+    // its worker was stopped must not record over the run that took it over.
+    let recheck = tokio::time::timeout(Duration::from_secs(5), shared.queue.extend(d));
+    let claimed = ended.is_some() && !matches!(recheck.await, Ok(Ok(false)));
+    let Some((attempt, timed_out)) = ended.filter(|_| claimed) else {
+        tracing::warn!(
+            task = %msg.task, task_id = %msg.id, entry = %d.receipt,
+            "another worker took this task over (this one was silent for longer than \
+             worker.visibility_timeout); this run stopped without recording anything"
+        );
+        return;
+    };
 
     let retries = crate::tasks::lookup(&msg.task).map_or(0, |def| def.retries);
     match &attempt.outcome {
@@ -422,7 +465,7 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
                 queue_op(shared, "acknowledge", || shared.queue.ack(d)).await;
             }
         }
-        Err(e) if msg.attempt < retries => {
+        Err(e) if msg.attempt < retries && !timed_out => {
             let delay = retry_delay(msg.attempt);
             tracing::warn!(
                 task = %msg.task, task_id = %msg.id,
@@ -458,6 +501,19 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
             }
         }
     }
+}
+
+/// The error of a run stopped at `worker.time_limit`: Celery's hard time limit, whose
+/// exception type upstream's task results record.
+fn time_limit_exceeded(limit: Duration) -> TaskError {
+    TaskError::new(
+        "TimeLimitExceeded",
+        "billiard.exceptions",
+        format!(
+            "the run took longer than worker.time_limit ({}s) and was stopped; it is not retried",
+            limit.as_secs()
+        ),
+    )
 }
 
 /// Stores an attempt's outcome, trying a few times: a run whose result cannot be stored is

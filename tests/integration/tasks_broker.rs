@@ -128,9 +128,9 @@ struct Probe {
 }
 
 impl Probe {
-    fn new() -> Probe {
+    fn at(url: &str) -> Probe {
         let rt = rt();
-        let client = Builder::from_config(RedisConfig::from_url(&redis_url()).expect("url"))
+        let client = Builder::from_config(RedisConfig::from_url(url).expect("url"))
             .build()
             .expect("client");
         rt.block_on(client.init()).expect("redis");
@@ -229,9 +229,14 @@ struct RedisSite {
 
 impl RedisSite {
     fn new(backend: Backend) -> RedisSite {
+        RedisSite::on(backend, &redis_url())
+    }
+
+    /// A site whose broker is the Redis at `url`.
+    fn on(backend: Backend, url: &str) -> RedisSite {
         let mut site = Site::new(backend);
         let prefix = format!("kstest-{}", uuid::Uuid::new_v4().simple());
-        site.set("KEYSTONE_REDIS__URL", &redis_url())
+        site.set("KEYSTONE_REDIS__URL", url)
             .set("KEYSTONE_REDIS__PREFIX", &prefix)
             .set("KEYSTONE_METRICS__ENABLED", "false")
             .set("KEYSTONE_LOGGING__LEVEL", "INFO");
@@ -242,7 +247,7 @@ impl RedisSite {
         RedisSite {
             site,
             prefix,
-            probe: Probe::new(),
+            probe: Probe::at(url),
         }
     }
 
@@ -583,6 +588,71 @@ fn a_task_of_a_killed_worker_is_run_again_by_another_worker() {
     }
 }
 
+/// A worker stopped (SIGSTOP) for longer than the visibility timeout loses its task to
+/// another worker; once it runs again it stops its own run instead of recording an
+/// outcome over the run that took the task over.
+#[test]
+fn a_worker_that_lost_its_claim_records_nothing() {
+    if !redis_available() {
+        return;
+    }
+    let mut t = RedisSite::new(Backend::Sqlite);
+    t.site.set("KEYSTONE_WORKER__VISIBILITY_TIMEOUT", "2");
+    let log = slow_sacctmgr(&mut t.site, 8);
+    let first = t
+        .site
+        .serve("worker", &[("KEYSTONE_WORKER__CONCURRENCY", "1")]);
+    let id = queue_task(&t.site, &["update-limits-cluster", "slowpoke"]);
+    assert!(wait_until(Duration::from_secs(15), || calls(&log) == 1));
+    let first_started = Instant::now();
+    first.signal(libc::SIGSTOP);
+    let second = t
+        .site
+        .serve("worker", &[("KEYSTONE_WORKER__CONCURRENCY", "1")]);
+    assert!(
+        wait_until(Duration::from_secs(20), || calls(&log) == 2),
+        "the second worker reclaimed the task"
+    );
+    first.signal(libc::SIGCONT);
+    // Past the end of the first run's command: it must not have recorded anything.
+    let until_first_done = Duration::from_secs(9).saturating_sub(first_started.elapsed());
+    std::thread::sleep(until_first_done);
+    let rows = rows_for(&t.site, &id);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].status, "STARTED",
+        "only the second run is recorded: {rows:?}"
+    );
+    assert!(
+        rows[0]
+            .worker
+            .as_deref()
+            .is_some_and(|w| w.ends_with(&format!(":{}", second.child.id()))),
+        "{rows:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status_of(&t.site, &id).as_deref() == Some("SUCCESS")
+        }),
+        "the second run finished"
+    );
+    let rows = rows_for(&t.site, &id);
+    assert!(
+        rows[0]
+            .worker
+            .as_deref()
+            .is_some_and(|w| w.ends_with(&format!(":{}", second.child.id()))),
+        "{rows:?}"
+    );
+    let (_, out) = first.stop();
+    assert!(
+        out.contains("this run stopped without recording anything"),
+        "{out}"
+    );
+    let (status, out) = second.stop();
+    assert_eq!(status.code(), Some(0), "{out}");
+}
+
 #[test]
 fn sigterm_lets_the_running_task_finish_and_takes_no_other() {
     if !redis_available() {
@@ -615,6 +685,95 @@ fn sigterm_lets_the_running_task_finish_and_takes_no_other() {
     let (status, out) = next.stop();
     assert_eq!(status.code(), Some(0), "{out}");
     assert_eq!(calls(&log), 2);
+}
+
+/// A run past `worker.time_limit` is stopped, its Slurm command killed, and recorded as
+/// FAILURE (`TimeLimitExceeded`) without a retry; the slot is free for the next task.
+#[test]
+fn a_run_past_the_time_limit_is_stopped_and_recorded_as_failure() {
+    if !redis_available() {
+        return;
+    }
+    let mut t = RedisSite::new(Backend::Sqlite);
+    let log = slow_sacctmgr(&mut t.site, 30);
+    let worker = t.site.serve(
+        "worker",
+        &[
+            ("KEYSTONE_WORKER__CONCURRENCY", "1"),
+            ("KEYSTONE_WORKER__TIME_LIMIT", "2"),
+            ("KEYSTONE_SHUTDOWN__GRACE_SECONDS", "1"),
+        ],
+    );
+    let id = queue_task(&t.site, &["update-limits-cluster", "slowpoke"]);
+    assert!(wait_until(Duration::from_secs(15), || calls(&log) == 1));
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            status_of(&t.site, &id).as_deref() == Some("FAILURE")
+        }),
+        "the run was stopped: {:?}",
+        rows_for(&t.site, &id)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let rows = rows_for(&t.site, &id);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let result = rows[0].result.clone().unwrap_or_default();
+    assert!(result.contains("TimeLimitExceeded"), "{result}");
+    // The command it ran (the shell that recorded its pid) was killed.
+    let pid: i32 = std::fs::read_to_string(&log)
+        .expect("log")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
+    // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+    assert!(
+        wait_until(Duration::from_secs(5), || unsafe { libc::kill(pid, 0) }
+            != 0),
+        "sacctmgr {pid} was killed"
+    );
+    // Not retried, and the slot is free again.
+    let next = queue_task(&t.site, &["update-limits-cluster", "slowpoke"]);
+    assert!(wait_until(Duration::from_secs(15), || calls(&log) == 2));
+    assert_eq!(status_of(&t.site, &id).as_deref(), Some("FAILURE"));
+    assert_eq!(status_of(&t.site, &next).as_deref(), Some("STARTED"));
+    let (status, out) = worker.stop();
+    assert!(out.contains("worker.time_limit"), "{out}");
+    let _ = status;
+}
+
+/// Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the worker
+/// drains, and the Slurm command it runs (in a group of its own) is not interrupted.
+#[test]
+fn ctrl_c_lets_the_running_slurm_command_finish() {
+    use std::os::unix::process::CommandExt;
+    if !redis_available() {
+        return;
+    }
+    let mut t = RedisSite::new(Backend::Sqlite);
+    let log = slow_sacctmgr(&mut t.site, 2);
+    let mut cmd = t.site.command(&["serve", "--role", "worker"]);
+    cmd.env("KEYSTONE_WORKER__CONCURRENCY", "1")
+        .process_group(0);
+    let mut worker = Daemon::spawn(cmd, &t.site.path("."), None);
+    let id = queue_task(&t.site, &["update-limits-cluster", "slowpoke"]);
+    assert!(wait_until(Duration::from_secs(15), || calls(&log) == 1));
+    // SAFETY: kill(2) on the process group the test made for the worker.
+    unsafe {
+        libc::kill(-(worker.child.id() as i32), libc::SIGINT);
+    }
+    let status = wait_exit(&mut worker.child, Duration::from_secs(30));
+    let out = collect(&mut worker.child);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert_eq!(
+        status_of(&t.site, &id).as_deref(),
+        Some("SUCCESS"),
+        "the command finished: {out}"
+    );
 }
 
 #[test]
@@ -698,6 +857,81 @@ fn two_beats_enqueue_each_tick_once_across_a_failover() {
             "{rows:?}"
         );
     }
+}
+
+/// A tick whose every push fails (here Redis refuses writes, out of memory, for longer
+/// than beat's three attempts, while the lease stays valid) is tried again once Redis takes
+/// writes again: it is enqueued, once, rather than lost.
+#[test]
+fn a_tick_beat_could_not_enqueue_is_retried_not_lost() {
+    let Some(mut redis) = crate::common::redis::PrivateRedis::start() else {
+        return;
+    };
+    let mut t = RedisSite::on(Backend::Sqlite, &redis.url());
+    // One tick a minute, 12 s from now: pushes fail from 4 s before it until 6 s after.
+    let tick = chrono::Utc::now() + chrono::Duration::seconds(12);
+    let second = chrono::Timelike::second(&tick);
+    t.site
+        .set(
+            "KEYSTONE_SCHEDULE__LDAP_SYNC",
+            &format!("{second} * * * * *"),
+        )
+        .set("KEYSTONE_BEAT__LEASE", "60");
+    let beat = t.site.serve("beat", &[]);
+    let leader_key = format!("{}:beat:leader", t.prefix);
+    assert!(
+        wait_until(Duration::from_secs(5), || t
+            .probe
+            .get(&leader_key)
+            .is_some()),
+        "beat took the lease"
+    );
+    let until = |at: chrono::DateTime<chrono::Utc>| {
+        if let Ok(d) = (at - chrono::Utc::now()).to_std() {
+            std::thread::sleep(d);
+        }
+    };
+    until(tick - chrono::Duration::seconds(4));
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        "OK"
+    );
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    until(tick + chrono::Duration::seconds(6));
+    assert!(
+        t.probe.messages(&t.stream()).is_empty(),
+        "no push got through while Redis refused writes"
+    );
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    let enqueued = wait_until(Duration::from_secs(15), || {
+        !t.probe.messages(&t.stream()).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, out) = beat.stop();
+    assert!(
+        enqueued,
+        "the failed tick was enqueued once Redis took writes: {out}"
+    );
+    assert_eq!(status.code(), Some(0), "{out}");
+    let messages = t.probe.messages(&t.stream());
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let at = chrono::DateTime::parse_from_rfc3339(
+        messages[0]["scheduled_for"].as_str().expect("tick time"),
+    )
+    .expect("tick time");
+    assert_eq!(
+        at.timestamp(),
+        tick.timestamp(),
+        "the tick that failed, not a later one"
+    );
+    let rows = task_rows(&t.site);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.periodic.as_deref() == Some(LDAP_SYNC) && r.status == "PENDING")
+            .count(),
+        1,
+        "{rows:?}"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::io::Read;
