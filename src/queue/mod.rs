@@ -215,6 +215,15 @@ pub trait Queue: Send + Sync {
     async fn release_lease(&self, token: &str) -> Result<(), BrokerError>;
     /// Called once when a worker stops cleanly (forgets this consumer if it holds nothing).
     async fn retire(&self) {}
+    /// Whether tasks it holds outlive this process (false for the in-process queue).
+    fn keeps_tasks(&self) -> bool {
+        true
+    }
+    /// At exit, the tasks that are lost with this process (queued, waiting for a retry, or
+    /// released unfinished): empty for a queue that keeps them.
+    fn abandon(&self) -> Vec<Result<Message, String>> {
+        Vec::new()
+    }
 }
 
 /// Connects the queue a `serve` process or the CLI uses: Redis when configured, else None.
@@ -315,6 +324,8 @@ struct LocalState {
     delayed: Vec<(Instant, String)>,
     running: u64,
     dead: VecDeque<DeadLetter>,
+    /// Unfinished runs handed back at exit.
+    released: Vec<String>,
 }
 
 impl LocalQueue {
@@ -441,10 +452,29 @@ impl Queue for LocalQueue {
         Ok(())
     }
 
-    async fn release(&self, _d: &Delivery) -> Result<(), BrokerError> {
-        // The process is stopping; an in-process queue ends with it.
-        self.finished();
+    async fn release(&self, d: &Delivery) -> Result<(), BrokerError> {
+        // The process is stopping; an in-process queue ends with it (see `abandon`).
+        let mut s = self.lock();
+        s.running = s.running.saturating_sub(1);
+        s.released.push(d.raw.clone());
         Ok(())
+    }
+
+    fn keeps_tasks(&self) -> bool {
+        false
+    }
+
+    fn abandon(&self) -> Vec<Result<Message, String>> {
+        let mut s = self.lock();
+        let released = std::mem::take(&mut s.released);
+        let queued = s.queued.drain(..).map(|(_, raw)| raw).collect::<Vec<_>>();
+        let delayed = s.delayed.drain(..).map(|(_, raw)| raw).collect::<Vec<_>>();
+        released
+            .into_iter()
+            .chain(queued)
+            .chain(delayed)
+            .map(|raw| Message::from_json(&raw))
+            .collect()
     }
 
     async fn housekeeping(&self) -> Result<QueueStats, BrokerError> {

@@ -260,17 +260,57 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
-        tracing::warn!(
-            "{} task(s) did not finish within {grace:?}; they stay queued for another worker",
-            unfinished.len()
-        );
+        if shared.queue.keeps_tasks() {
+            tracing::warn!(
+                "{} task(s) did not finish within {grace:?}; they stay queued for another worker",
+                unfinished.len()
+            );
+        } else {
+            tracing::warn!(
+                "{} task(s) did not finish within {grace:?}; they are stopped",
+                unfinished.len()
+            );
+        }
         for d in &unfinished {
             let _ = tokio::time::timeout(Duration::from_secs(2), shared.queue.release(d)).await;
         }
         running.abort_all();
     }
     housekeeping.abort();
+    abandon(&shared).await;
     shared.queue.retire().await;
+}
+
+/// At exit, records the tasks an in-process queue loses with this process as FAILURE
+/// (`WorkerLostError`), so no row stays PENDING for a run that will never come.
+async fn abandon(shared: &Arc<Shared>) {
+    let lost = shared.queue.abandon();
+    if lost.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "{} task(s) queued, waiting for a retry or stopped in this process are lost with it \
+         (the in-process queue of `serve --role all` keeps nothing; run Redis to keep tasks \
+         across restarts); their results are recorded as FAILURE",
+        lost.len()
+    );
+    for msg in lost.iter().flatten() {
+        let (ctx, run) = shared.run_of(msg);
+        let attempt = results::Attempt {
+            started: Utc::now(),
+            elapsed: Duration::ZERO,
+            outcome: Err(TaskError::new(
+                "WorkerLostError",
+                "keystone.worker",
+                "the process stopped before this task finished; the in-process queue keeps \
+                 nothing (run it again with `keystone task run`)"
+                    .to_string(),
+            )),
+        };
+        if let Err(e) = results::finish(&ctx, &run, &attempt, Status::Failure).await {
+            tracing::warn!(task = %msg.task, task_id = %msg.id, "cannot record the lost task: {e}");
+        }
+    }
 }
 
 /// Moves due retries back, trims the queue and samples its size, once a second.

@@ -444,6 +444,61 @@ fn the_in_process_queue_runs_beat_ticks_and_catches_up_once() {
     }
 }
 
+/// `serve --role all` without Redis keeps its queue in memory: at exit the tasks it still
+/// holds are counted in a warning and recorded as FAILURE, not left PENDING or STARTED,
+/// and the log does not claim they stay queued.
+#[test]
+fn the_in_process_queue_records_what_it_loses_at_exit() {
+    let mut site = Site::new(Backend::Sqlite);
+    site.migrate();
+    site.set("KEYSTONE_METRICS__ENABLED", "false")
+        .set("KEYSTONE_LOGGING__LEVEL", "INFO");
+    for key in SCHEDULES {
+        site.set(key, "");
+    }
+    let log = slow_sacctmgr(&mut site, 30);
+    site.set("KEYSTONE_SCHEDULE__UPDATE_LIMITS", "* * * * * *");
+    let daemon = site.serve(
+        "all",
+        &[
+            ("KEYSTONE_WORKER__CONCURRENCY", "1"),
+            ("KEYSTONE_SHUTDOWN__GRACE_SECONDS", "1"),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(15), || calls(&log) == 1));
+    // Ticks pile up behind the slow run.
+    assert!(wait_until(Duration::from_secs(15), || {
+        task_rows(&site)
+            .iter()
+            .filter(|r| r.status == "PENDING")
+            .count()
+            >= 3
+    }));
+    let (status, out) = daemon.stop();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(!out.contains("stay queued"), "{out}");
+    assert!(out.contains("are lost with it"), "{out}");
+    let rows = task_rows(&site);
+    let open: Vec<&TaskRow> = rows
+        .iter()
+        .filter(|r| ["PENDING", "STARTED", "RETRY"].contains(&r.status.as_str()))
+        .collect();
+    assert!(
+        open.is_empty(),
+        "no row waits for a run that will never come: {open:?}"
+    );
+    let lost = rows
+        .iter()
+        .filter(|r| {
+            r.status == "FAILURE"
+                && r.result
+                    .as_deref()
+                    .is_some_and(|t| t.contains("WorkerLostError"))
+        })
+        .count();
+    assert!(lost >= 3, "{rows:?}");
+}
+
 #[test]
 fn queued_tasks_run_once_and_failures_retry_then_land_in_the_dead_letters() {
     if !redis_available() {
