@@ -947,6 +947,7 @@ impl Config {
             ));
         }
         for (key, value) in [
+            ("database.acquire_timeout", s.database.acquire_timeout),
             ("worker.visibility_timeout", s.worker.visibility_timeout),
             ("worker.max_deliveries", u64::from(s.worker.max_deliveries)),
             ("beat.lease", s.beat.lease),

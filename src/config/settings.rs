@@ -200,6 +200,9 @@ section! {
         pub port: u16 = 5432,
         pub path: Option<String> = None,
         pub pool_size: u32 = 10,
+        /// PostgreSQL: seconds a request waits for a connection (the server unreachable or
+        /// restarting, or every connection busy) before it is answered 503.
+        pub acquire_timeout: u64 = 3,
     }
 }
 

@@ -184,7 +184,8 @@ pub trait Queue: Send + Sync {
     /// waiting up to `wait` when none is ready.
     async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
     /// Keeps a running delivery ours (not reclaimed by other workers); false when another
-    /// worker has already taken it over.
+    /// worker has already taken it over (true when nobody holds it any more: acknowledged
+    /// by a run that took it over and finished, or lost with Redis's data).
     async fn extend(&self, d: &Delivery) -> Result<bool, BrokerError>;
     /// Done with a delivery: it is never delivered again.
     async fn ack(&self, d: &Delivery) -> Result<(), BrokerError>;
@@ -575,10 +576,13 @@ return claimed
 
 /// Resets the idle time of an entry this consumer still owns (ARGV[4] = 0: keep running)
 /// or makes it claimable at once (ARGV[4] = visibility: release). Does not count as a
-/// delivery. KEYS: stream. ARGV: group, consumer, id, idle ms.
+/// delivery. KEYS: stream. ARGV: group, consumer, id, idle ms. Returns 1 when done, 0 when
+/// another consumer owns the entry, 2 when nobody does (acknowledged, or lost with Redis's
+/// data).
 const TOUCH: &str = r#"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
+if not p[1] then return 2 end
+if p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
 return 1
 "#;
@@ -892,7 +896,9 @@ impl RedisQueue {
                 [d.receipt.clone(), idle.as_millis().to_string()],
             )
             .await?;
-        Ok(n == 1)
+        // An entry nobody holds any more is not another worker's: a run keeps it (the
+        // worker checks for a finished result before it stores its own).
+        Ok(n != 0)
     }
 }
 

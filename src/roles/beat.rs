@@ -8,7 +8,7 @@ use crate::config::{Config, parse_cron};
 use crate::on_db;
 use crate::queue::{Message, Tasks, Tick, TickOutcome};
 use crate::store::Db;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -39,14 +39,22 @@ pub fn entries(config: &Config) -> Vec<Entry> {
         .collect()
 }
 
-/// The first fire time strictly after `after`.
+/// The first fire time strictly after `after`. Ticks fall on whole seconds whatever the
+/// sub-second part of `after`, so every beat names a tick by the same instant (its guard
+/// key and recorded run).
 pub fn next_fire(entry: &Entry, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    entry.cron.find_next_occurrence(&after, false).ok()
+    entry
+        .cron
+        .find_next_occurrence(&after.trunc_subsecs(0), false)
+        .ok()
 }
 
-/// The most recent fire time at or before `now`.
+/// The most recent fire time at or before `now` (a whole second).
 pub fn previous_fire(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    entry.cron.find_previous_occurrence(&now, true).ok()
+    entry
+        .cron
+        .find_previous_occurrence(&now.trunc_subsecs(0), true)
+        .ok()
 }
 
 /// The latest tick after `cursor` that is due at `now` (ticks missed in between, e.g. after
@@ -378,6 +386,18 @@ mod tests {
             Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).single()
         );
         assert_eq!(latest_due(ldap, at, at), None);
+        // Two beats started at different fractions of a second name the same tick.
+        let a = at + chrono::Duration::milliseconds(57);
+        let b = at + chrono::Duration::milliseconds(444);
+        assert_eq!(next_fire(ldap, a), next_fire(ldap, b));
+        assert_eq!(
+            previous_fire(ldap, a + chrono::Duration::minutes(9)),
+            Utc.with_ymd_and_hms(2026, 11, 26, 10, 15, 0).single()
+        );
+        assert_eq!(
+            latest_due(ldap, a, b + chrono::Duration::minutes(9)),
+            next_fire(ldap, b)
+        );
         assert_eq!(guard_ttl(ldap, at), std::time::Duration::from_secs(60 * 16));
         let upcoming = all
             .iter()

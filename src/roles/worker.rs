@@ -496,6 +496,17 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
         );
         return;
     };
+    // A run that took the task over may already have finished it (and released the entry).
+    if let Ok(Some((status, _))) = results::status(&shared.db, &msg.id).await
+        && results::is_terminal(&status)
+    {
+        tracing::warn!(
+            task = %msg.task, task_id = %msg.id,
+            "another run already finished this task ({status}); this one records nothing"
+        );
+        queue_op(shared, "acknowledge", || shared.queue.ack(d)).await;
+        return;
+    }
 
     let retries = crate::tasks::lookup(&msg.task).map_or(0, |def| def.retries);
     match &attempt.outcome {

@@ -106,6 +106,21 @@ macro_rules! on_db {
     };
 }
 
+/// Whether `e` means the database cannot be reached right now rather than that the
+/// statement was wrong: no connection to be had (refused, reset, pool timed out or closed),
+/// or the server shutting down or not yet accepting connections (SQLSTATE class 08,
+/// 57P01-57P03, 53300). Such a request can be tried again later.
+pub fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("SQLite database {path} does not exist; run `keystone migrate` to create it")]
@@ -192,7 +207,7 @@ impl Db {
                 }
                 let pool = PgPoolOptions::new()
                     .max_connections(s.pool_size)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(Duration::from_secs(s.acquire_timeout.max(1)))
                     .connect_with(opts)
                     .await
                     .map_err(DbError::Connect)?;

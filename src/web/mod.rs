@@ -71,6 +71,9 @@ pub enum ApiError {
     PayloadTooLarge(u64),
     UnsupportedMediaType(String),
     Throttled(u64),
+    /// 503: the database cannot be reached right now (restarting, failing over, refusing
+    /// connections); the client may try again.
+    Unavailable,
     Internal,
 }
 
@@ -141,6 +144,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -162,6 +166,9 @@ impl ApiError {
                 format!("Unsupported media type \"{t}\" in request.")
             }
             ApiError::Throttled(secs) => crate::web::throttle::wait_message(*secs),
+            ApiError::Unavailable => {
+                "The database is temporarily unavailable. Try again shortly.".into()
+            }
             ApiError::Internal => "Internal server error.".into(),
         };
         serde_json::json!({ "detail": detail })
@@ -187,15 +194,35 @@ impl ApiError {
 
 impl From<crate::store::DbError> for ApiError {
     fn from(e: crate::store::DbError) -> Self {
-        tracing::error!("database error: {e}");
-        ApiError::Internal
+        match &e {
+            crate::store::DbError::Query(q) | crate::store::DbError::Connect(q) => {
+                ApiError::from_sqlx(q)
+            }
+            _ => {
+                tracing::error!("database error: {e}");
+                ApiError::Internal
+            }
+        }
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        tracing::error!("database error: {e}");
-        ApiError::Internal
+        ApiError::from_sqlx(&e)
+    }
+}
+
+impl ApiError {
+    /// 503 while the database cannot be reached (the request did nothing, or its
+    /// transaction was rolled back), 500 for any other database error.
+    fn from_sqlx(e: &sqlx::Error) -> Self {
+        if crate::store::unavailable(e) {
+            tracing::warn!("database unavailable: {e}");
+            ApiError::Unavailable
+        } else {
+            tracing::error!("database error: {e}");
+            ApiError::Internal
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use salvo::prelude::*;
 use sea_query::{Alias, Expr, ExprTrait, Query};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -74,6 +74,9 @@ pub struct RequestLog {
     tx: mpsc::Sender<Pending>,
     pub dropped: Arc<AtomicU64>,
     pub written: Arc<AtomicU64>,
+    /// Set while the last batch could not be stored at all (the database unreachable):
+    /// responses are then not held for their rows, which are still tried.
+    down: Arc<AtomicBool>,
 }
 
 /// Largest batch per INSERT (bounded by bind-parameter limits: 7 values a row).
@@ -91,27 +94,35 @@ impl RequestLog {
         let (tx, rx) = mpsc::channel::<Pending>(16_384);
         let dropped = Arc::new(AtomicU64::new(0));
         let written = Arc::new(AtomicU64::new(0));
+        let down = Arc::new(AtomicBool::new(false));
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..WRITERS {
             tokio::spawn(writer(
                 db.clone(),
                 rx.clone(),
-                dropped.clone(),
-                written.clone(),
+                [dropped.clone(), written.clone()],
+                down.clone(),
             ));
         }
         RequestLog {
             tx,
             dropped,
             written,
+            down,
         }
     }
 
-    /// Hands a record to the writer and waits (bounded) until it is committed.
+    /// Hands a record to the writer and waits (bounded) until it is committed; not when the
+    /// answer is a 503 (the database unreachable: the row could not be read back anyway).
     pub async fn log(&self, record: Record) {
+        let unavailable = record.response_code == 503;
         let (done_tx, done_rx) = oneshot::channel();
         if self.tx.try_send((record.fitted(), done_tx)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if unavailable || self.down.load(Ordering::Relaxed) {
+            // Nobody could read the row back now anyway: the answer does not wait for it.
             return;
         }
         if tokio::time::timeout(WAIT_BOUND, done_rx).await.is_err() {
@@ -125,8 +136,8 @@ impl RequestLog {
 async fn writer(
     db: Db,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
-    dropped: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
+    [dropped, written]: [Arc<AtomicU64>; 2],
+    down: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -148,6 +159,7 @@ async fn writer(
         let (stored, lost) = store(&db, &records).await;
         written.fetch_add(stored, Ordering::Relaxed);
         dropped.fetch_add(lost, Ordering::Relaxed);
+        down.store(stored == 0 && lost > 0, Ordering::Relaxed);
         for (_, done) in batch.drain(..) {
             let _ = done.send(());
         }

@@ -15,6 +15,7 @@ mod journald;
 mod ldap;
 mod logs;
 mod negotiation;
+mod outages;
 mod paths;
 mod research_notifications;
 mod seed;

@@ -614,6 +614,27 @@ async fn represent_for<R: Resource>(
     Ok(reprs)
 }
 
+/// The answer to a committed write. The write stands whatever happens next, so a database
+/// that became unreachable meanwhile is waited for (a few seconds) rather than answered
+/// 503, which would invite the client to write again.
+async fn represent_committed<R: Resource>(
+    app: &AppState,
+    caller: &Caller,
+    row: &R::Row,
+) -> Result<R::Repr, ApiError> {
+    let mut wait = std::time::Duration::from_millis(100);
+    for _ in 0..6 {
+        match represent_one_for::<R>(&app.db, app.timezone, caller, row).await {
+            Err(ApiError::Unavailable) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            answer => return answer,
+        }
+    }
+    represent_one_for::<R>(&app.db, app.timezone, caller, row).await
+}
+
 /// The representation of one record as `caller` may see it.
 async fn represent_one_for<R: Resource>(
     db: &Db,
@@ -702,7 +723,7 @@ async fn create<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<R::
     .await;
     settle(&app, written, &stored).await?;
     R::after_commit(&app, None, Some(&row)).await?;
-    represent_one_for::<R>(&app.db, app.timezone, &caller, &row).await
+    represent_committed::<R>(&app, &caller, &row).await
 }
 
 async fn update<R: Resource>(
@@ -742,7 +763,7 @@ async fn update<R: Resource>(
     .await;
     settle(&app, written, &stored).await?;
     R::after_commit(&app, Some(&current), Some(&after)).await?;
-    represent_one_for::<R>(&app.db, app.timezone, &caller, &after).await
+    represent_committed::<R>(&app, &caller, &after).await
 }
 
 async fn destroy<R: Resource>(req: &mut Request, depot: &mut Depot) -> Result<(), ApiError> {
