@@ -70,5 +70,5 @@ pub fn sync(config: &Config, queue: bool, force: bool) -> ExitCode {
 /// `--queue`: hands the task to the broker and prints its `task_id` (a worker runs it, with
 /// the automatic retries of §2.5).
 fn queue_sync(config: &Config) -> ExitCode {
-    crate::cli::tasks::queue_from_cli(config, crate::tasks::LDAP_SYNC, Vec::new(), false)
+    crate::cli::tasks::queue_from_cli(config, crate::tasks::LDAP_SYNC, Vec::new(), None)
 }

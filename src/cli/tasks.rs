@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Wait for the queued run to finish and print its final status (exit 1 on FAILURE)
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 1; the task may still run later)
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, requires = "wait",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
 }
 
 pub fn run(config: &Config, cmd: &TaskCommand) -> ExitCode {
@@ -176,7 +180,8 @@ fn run_task(config: &Config, args: &RunArgs) -> ExitCode {
     if args.inline {
         return run_inline(config, def, values);
     }
-    queue_from_cli(config, def.name, values, args.wait)
+    let wait = args.wait.then(|| Duration::from_secs(args.timeout));
+    queue_from_cli(config, def.name, values, wait)
 }
 
 /// Runs `command` on a fresh runtime with the database open (exit 1 when it cannot be).
@@ -219,10 +224,15 @@ fn run_inline(config: &Config, def: &TaskDef, args: Vec<Value>) -> ExitCode {
     })
 }
 
-/// Queues `name(args)` for a worker and prints its task id; with `wait`, then waits for the
-/// run to end and prints its final status (exit 1 on `FAILURE`). For `keystone task run` and
-/// `keystone ldap sync --queue`.
-pub fn queue_from_cli(config: &Config, name: &str, args: Vec<Value>, wait: bool) -> ExitCode {
+/// Queues `name(args)` for a worker and prints its task id; with `wait`, then waits (at most
+/// that long) for the run to end and prints its final status (exit 1 on `FAILURE` or when it
+/// did not end in time). For `keystone task run` and `keystone ldap sync --queue`.
+pub fn queue_from_cli(
+    config: &Config,
+    name: &str,
+    args: Vec<Value>,
+    wait: Option<Duration>,
+) -> ExitCode {
     if config.redis_url().is_none() {
         eprintln!(
             "keystone: configuration error: redis.host: no task broker is configured (set redis.host or redis.url); \
@@ -240,19 +250,34 @@ pub fn queue_from_cli(config: &Config, name: &str, args: Vec<Value>, wait: bool)
             }
         };
         println!("{id}");
-        if !wait {
+        let Some(limit) = wait else {
             return ExitCode::SUCCESS;
-        }
-        let code = wait_for(db, &id).await;
+        };
+        let code = wait_for(db, &id, limit).await;
         db.close().await;
         code
     })
 }
 
-/// Polls the run's row until it is final; prints `SUCCESS` or `FAILURE: <error>`.
-async fn wait_for(db: &Db, id: &str) -> ExitCode {
+/// Polls the run's row until it is final; prints `SUCCESS` or `FAILURE: <error>`. Gives up
+/// after `limit`: a task whose message was lost (Redis restarted without persistence) never
+/// ends.
+async fn wait_for(db: &Db, id: &str, limit: Duration) -> ExitCode {
     let mut failures = 0;
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
+        if tokio::time::Instant::now() >= deadline {
+            let status = match results::status(db, id).await {
+                Ok(Some((status, _))) => status,
+                _ => "unknown".into(),
+            };
+            eprintln!(
+                "keystone: task {id} did not finish within {} s (status {status}); it may still \
+                 run later (keystone task failed, /logs/tasks/)",
+                limit.as_secs()
+            );
+            return ExitCode::from(1);
+        }
         match results::status(db, id).await {
             Ok(Some((status, result))) if results::is_terminal(&status) => {
                 if status == "SUCCESS" {

@@ -742,6 +742,36 @@ fn sigterm_lets_the_running_task_finish_and_takes_no_other() {
     assert_eq!(calls(&log), 2);
 }
 
+/// `task run --wait` gives up after `--timeout` when no worker finishes the run (here none
+/// runs; a message lost with Redis's data would wait the same way).
+#[test]
+fn task_run_wait_gives_up_after_its_timeout() {
+    if !redis_available() {
+        return;
+    }
+    let t = RedisSite::new(Backend::Sqlite);
+    let started = Instant::now();
+    let out = t.site.run(&[
+        "task",
+        "run",
+        "update-limits-cluster",
+        "nowhere",
+        "--wait",
+        "--timeout",
+        "2",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not finish within 2 s (status PENDING)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let bad = t.site.run(&["task", "run", "ldap-sync", "--timeout", "5"]);
+    assert_eq!(bad.status.code(), Some(2), "--timeout needs --wait");
+}
+
 /// A run past `worker.time_limit` is stopped, its Slurm command killed, and recorded as
 /// FAILURE (`TimeLimitExceeded`) without a retry; the slot is free for the next task.
 #[test]
