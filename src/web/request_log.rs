@@ -113,7 +113,8 @@ impl RequestLog {
     }
 
     /// Hands a record to the writer and waits (bounded) until it is committed; not when the
-    /// answer is a 503 (the database unreachable: the row could not be read back anyway).
+    /// answer is a 503 (only ever `ApiError::Unavailable`: the database out of reach) or the
+    /// last batch found the database out of reach, since the row could not be read back.
     pub async fn log(&self, record: Record) {
         let unavailable = record.response_code == 503;
         let (done_tx, done_rx) = oneshot::channel();
@@ -156,10 +157,10 @@ async fn writer(
             }
         }
         let records: Vec<&Record> = batch.iter().map(|(r, _)| r).collect();
-        let (stored, lost) = store(&db, &records).await;
-        written.fetch_add(stored, Ordering::Relaxed);
-        dropped.fetch_add(lost, Ordering::Relaxed);
-        down.store(stored == 0 && lost > 0, Ordering::Relaxed);
+        let batch_result = store(&db, &records).await;
+        written.fetch_add(batch_result.stored, Ordering::Relaxed);
+        dropped.fetch_add(batch_result.lost, Ordering::Relaxed);
+        down.store(batch_result.unreachable, Ordering::Relaxed);
         for (_, done) in batch.drain(..) {
             let _ = done.send(());
         }
@@ -169,10 +170,12 @@ async fn writer(
 /// Stores a batch: one INSERT, and when the database rejects it, the two halves again,
 /// down to single rows, so that only rows the database refuses are lost. A store that stalls
 /// (or a connection that fails) is not retried, and the splitting ends after twice
-/// `STORE_BOUND`. Returns (stored, lost).
-async fn store(db: &Db, records: &[&Record]) -> (u64, u64) {
+/// `STORE_BOUND`. Returns (stored, lost); [`Stored::unreachable`] tells whether a failure
+/// was the database being out of reach (a connection error or a stall).
+async fn store(db: &Db, records: &[&Record]) -> Stored {
     let deadline = tokio::time::Instant::now() + 2 * STORE_BOUND;
     let (mut stored, mut lost) = (0u64, 0u64);
+    let mut unreachable = false;
     let mut parts: Vec<&[&Record]> = vec![records];
     while let Some(part) = parts.pop() {
         let n = part.len() as u64;
@@ -196,16 +199,31 @@ async fn store(db: &Db, records: &[&Record]) -> (u64, u64) {
                     _ => tracing::warn!("could not store {n} request log record(s): {e}"),
                 }
                 if !rejected_rows(&e) {
+                    unreachable = true;
                     lost += parts.drain(..).map(|p| p.len() as u64).sum::<u64>();
                 }
             }
             Err(_) => {
+                unreachable = true;
                 lost += n + parts.drain(..).map(|p| p.len() as u64).sum::<u64>();
                 tracing::warn!("storing request log records timed out");
             }
         }
     }
-    (stored, lost)
+    Stored {
+        stored,
+        lost,
+        unreachable,
+    }
+}
+
+/// What became of one batch.
+#[derive(Debug, PartialEq)]
+struct Stored {
+    stored: u64,
+    lost: u64,
+    /// The database could not be reached (not merely a row it refused).
+    unreachable: bool,
 }
 
 /// Whether the database refused the statement itself (a value it will not take), as opposed
@@ -445,7 +463,9 @@ mod tests {
         let mut records: Vec<Record> = (0..9).map(|i| record("GET", &format!("/{i}/"))).collect();
         records.insert(4, record(&"A".repeat(200), "/bad/"));
         let refs: Vec<&Record> = records.iter().collect();
-        assert_eq!(store(&db, &refs).await, (9, 1));
+        let result = store(&db, &refs).await;
+        assert_eq!((result.stored, result.lost), (9, 1));
+        assert!(!result.unreachable, "a refused row is not an outage");
         let mut q = Query::select();
         q.expr(Expr::cust("COUNT(*)"))
             .from(Alias::new("logging_requestlog"));
@@ -453,6 +473,7 @@ mod tests {
         assert_eq!(stored, 9);
         // Fitted, the same row is stored like any other.
         let fitted = record(&"A".repeat(200), "/bad/").fitted();
-        assert_eq!(store(&db, &[&fitted]).await, (1, 0));
+        let result = store(&db, &[&fitted]).await;
+        assert_eq!((result.stored, result.lost), (1, 0));
     }
 }

@@ -117,6 +117,13 @@ fn rows_for(site: &Site, task_id: &str) -> Vec<TaskRow> {
         .collect()
 }
 
+/// Whether the (one) row of a run was written by `daemon`'s worker.
+fn recorded_by(rows: &[TaskRow], daemon: &Daemon) -> bool {
+    rows.first()
+        .and_then(|r| r.worker.as_deref())
+        .is_some_and(|w| w.ends_with(&format!(":{}", daemon.child.id())))
+}
+
 fn status_of(site: &Site, task_id: &str) -> Option<String> {
     rows_for(site, task_id).first().map(|r| r.status.clone())
 }
@@ -630,13 +637,7 @@ fn a_task_of_a_killed_worker_is_run_again_by_another_worker() {
         assert_eq!(calls(&log), 2, "the task ran again from the start");
         let rows = rows_for(&t.site, &id);
         assert_eq!(rows.len(), 1, "one row per run: {rows:?}");
-        assert!(
-            rows[0]
-                .worker
-                .as_deref()
-                .is_some_and(|w| w.ends_with(&format!(":{}", second.child.id()))),
-            "{rows:?}"
-        );
+        assert!(recorded_by(&rows, &second), "{rows:?}");
         let (status, out) = second.stop();
         assert_eq!(status.code(), Some(0), "{out}");
         assert!(out.contains("reclaimed"), "{out}");
@@ -678,13 +679,7 @@ fn a_worker_that_lost_its_claim_records_nothing() {
         rows[0].status, "STARTED",
         "only the second run is recorded: {rows:?}"
     );
-    assert!(
-        rows[0]
-            .worker
-            .as_deref()
-            .is_some_and(|w| w.ends_with(&format!(":{}", second.child.id()))),
-        "{rows:?}"
-    );
+    assert!(recorded_by(&rows, &second), "{rows:?}");
     assert!(
         wait_until(Duration::from_secs(20), || {
             status_of(&t.site, &id).as_deref() == Some("SUCCESS")
@@ -692,13 +687,7 @@ fn a_worker_that_lost_its_claim_records_nothing() {
         "the second run finished"
     );
     let rows = rows_for(&t.site, &id);
-    assert!(
-        rows[0]
-            .worker
-            .as_deref()
-            .is_some_and(|w| w.ends_with(&format!(":{}", second.child.id()))),
-        "{rows:?}"
-    );
+    assert!(recorded_by(&rows, &second), "{rows:?}");
     let (_, out) = first.stop();
     assert!(
         out.contains("this run stopped without recording anything"),
