@@ -189,6 +189,8 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         shared.identity,
         shared.queue.describe()
     );
+    let mut db_backoff = Duration::from_secs(1);
+    let db_warnings = QuietWarnings::new();
     loop {
         while running.try_join_next().is_some() {}
         if *stop.borrow() {
@@ -199,6 +201,21 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         };
         let Ok(first) = first else { break };
+        // No task is taken while the database does not answer: it would fail without
+        // running, and each reclaim would count as a delivery until the task was set aside
+        // as lost. Tried again after 1 s, doubling up to 30 s.
+        if let Err(e) = shared.db.ping().await {
+            db_warnings.warn("database unavailable; taking no tasks", &e);
+            drop(first);
+            tokio::select! {
+                _ = tokio::time::sleep(db_backoff) => {}
+                _ = stop.changed() => {}
+            }
+            db_backoff = (db_backoff * 2).min(Duration::from_secs(30));
+            continue;
+        }
+        db_warnings.recovered("database");
+        db_backoff = Duration::from_secs(1);
         // Only as many as there are free slots, so nothing waits in this process while
         // another worker could run it.
         let free = slots.available_permits() + 1;

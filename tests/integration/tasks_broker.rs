@@ -731,6 +731,60 @@ fn sigterm_lets_the_running_task_finish_and_takes_no_other() {
     assert_eq!(calls(&log), 2);
 }
 
+/// While a worker's database does not answer, it takes no task: before, each fetched task
+/// failed without running, every reclaim counted as a delivery, and once the database was
+/// back the tasks were set aside as lost without ever having run.
+#[test]
+fn a_worker_takes_no_task_while_its_database_is_away() {
+    if !redis_available() || !postgres_available() {
+        return;
+    }
+    let mut t = RedisSite::new(Backend::Postgres);
+    t.site
+        .set("KEYSTONE_WORKER__VISIBILITY_TIMEOUT", "2")
+        .set("KEYSTONE_WORKER__MAX_DELIVERIES", "2");
+    let log = slow_sacctmgr(&mut t.site, 0);
+    let url = url::Url::parse(&postgres_admin_url()).expect("postgres url");
+    let mut relay = crate::common::relay::Relay::start(&format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5432)
+    ));
+    let port = relay.port.to_string();
+    let worker = t.site.serve(
+        "worker",
+        &[
+            ("KEYSTONE_DATABASE__HOST", "127.0.0.1"),
+            ("KEYSTONE_DATABASE__PORT", &port),
+        ],
+    );
+    relay.cut();
+    // Past the fetch that may be waiting now: the next one finds the database away.
+    std::thread::sleep(Duration::from_millis(1500));
+    let ids: Vec<String> = (0..2)
+        .map(|_| queue_task(&t.site, &["update-limits-cluster", "slowpoke"]))
+        .collect();
+    // Four visibility timeouts: enough for each task to be delivered past its budget.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(calls(&log), 0, "nothing ran while the database was away");
+    relay.restore();
+    let done = wait_until(Duration::from_secs(40), || {
+        ids.iter()
+            .all(|id| status_of(&t.site, id).as_deref() == Some("SUCCESS"))
+    });
+    let (status, out) = worker.stop();
+    assert!(
+        done,
+        "both tasks ran once the database was back: {:?} {out}",
+        task_rows(&t.site)
+    );
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("database unavailable; taking no tasks"),
+        "{out}"
+    );
+}
+
 /// `task run --wait` gives up after `--timeout` when no worker finishes the run (here none
 /// runs; a message lost with Redis's data would wait the same way).
 #[test]

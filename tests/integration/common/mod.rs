@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod redis;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::io::Read;
