@@ -248,6 +248,26 @@ pub struct AllocationRequestRequestDoc {
 /// (request id, linked id): a row of a side table.
 type LinkRow = (i64, i64);
 
+/// Each request's share of `rows` (their order kept), by the `(request, row id)` links
+/// that name them.
+fn share_out<T: Clone>(
+    rows: Vec<T>,
+    id: impl Fn(&T) -> i64,
+    links: &HashMap<i64, Vec<LinkRow>>,
+) -> HashMap<i64, Vec<T>> {
+    let mut owners: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (request, target) in links.values().flatten() {
+        owners.entry(*target).or_default().push(*request);
+    }
+    let mut shares: HashMap<i64, Vec<T>> = HashMap::new();
+    for row in rows {
+        for request in owners.get(&id(&row)).into_iter().flatten() {
+            shares.entry(*request).or_default().push(row.clone());
+        }
+    }
+    shares
+}
+
 /// `items` by `key`, each group in the items' order.
 fn group<T>(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> i64) -> HashMap<i64, Vec<T>> {
     let mut groups: HashMap<i64, Vec<T>> = HashMap::new();
@@ -675,27 +695,8 @@ impl Resource for Requests {
             linked(&grant_links),
         );
         // Publications and grants by title: each request's share of the title-ordered rows.
-        let by_title = |by_request: &HashMap<i64, Vec<LinkRow>>| {
-            let mut owners: HashMap<i64, Vec<i64>> = HashMap::new();
-            for (request, target) in by_request.values().flatten() {
-                owners.entry(*target).or_default().push(*request);
-            }
-            owners
-        };
-        let mut publications_of: HashMap<i64, Vec<PublicationSummary>> = HashMap::new();
-        let owners = by_title(&publication_ids);
-        for p in publications {
-            for request in owners.get(&p.id).into_iter().flatten() {
-                publications_of.entry(*request).or_default().push(p.clone());
-            }
-        }
-        let mut grants_of: HashMap<i64, Vec<GrantSummary>> = HashMap::new();
-        let owners = by_title(&grant_ids);
-        for g in grants {
-            for request in owners.get(&g.id).into_iter().flatten() {
-                grants_of.entry(*request).or_default().push(g.clone());
-            }
-        }
+        let mut publications_of = share_out(publications, |p| p.id, &publication_ids);
+        let mut grants_of = share_out(grants, |g| g.id, &grant_ids);
         let mut allocations = group(allocations, |a| a.request_id);
         let mut attachments = group(attachments, |a| a.0);
         let mut comments = group(comments, |c| c.request_id);
