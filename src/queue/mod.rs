@@ -216,6 +216,11 @@ pub trait Queue: Send + Sync {
     async fn release_lease(&self, token: &str) -> Result<(), BrokerError>;
     /// Called once when a worker stops cleanly (forgets this consumer if it holds nothing).
     async fn retire(&self) {}
+    /// The ids of every task it still holds (queued, running or waiting for a retry), to
+    /// tell rows whose message was lost; None when it cannot say (the in-process queue).
+    async fn task_ids(&self) -> Result<Option<std::collections::HashSet<String>>, BrokerError> {
+        Ok(None)
+    }
     /// Whether tasks it holds outlive this process (false for the in-process queue).
     fn keeps_tasks(&self) -> bool {
         true
@@ -1060,6 +1065,41 @@ impl Queue for RedisQueue {
 
     async fn release(&self, d: &Delivery) -> Result<(), BrokerError> {
         self.touch(d, self.visibility).await.map(|_| ())
+    }
+
+    async fn task_ids(&self) -> Result<Option<std::collections::HashSet<String>>, BrokerError> {
+        let id_of = |raw: &str| Message::from_json(raw).ok().map(|m| m.id);
+        let mut ids = std::collections::HashSet::new();
+        let mut start = "-".to_string();
+        loop {
+            let page: Vec<(String, std::collections::HashMap<String, String>)> = self
+                .client
+                .xrange(self.keys.stream.as_str(), start.as_str(), "+", Some(1000))
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            start = format!("({last}");
+            let full = page.len() == 1000;
+            ids.extend(
+                page.iter()
+                    .filter_map(|(_, f)| f.get("task").and_then(|t| id_of(t))),
+            );
+            if !full {
+                break;
+            }
+        }
+        let delayed: Vec<String> = fred::interfaces::SortedSetsInterface::zrange(
+            &self.client,
+            self.keys.delayed.as_str(),
+            0,
+            -1,
+            None,
+            false,
+            None,
+            false,
+        )
+        .await?;
+        ids.extend(delayed.iter().filter_map(|raw| id_of(raw)));
+        Ok(Some(ids))
     }
 
     async fn housekeeping(&self) -> Result<QueueStats, BrokerError> {

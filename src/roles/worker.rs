@@ -330,10 +330,17 @@ async fn abandon(shared: &Arc<Shared>) {
     }
 }
 
-/// Moves due retries back, trims the queue and samples its size, once a second.
+/// Moves due retries back, trims the queue and samples its size, once a second; every
+/// visibility timeout, sweeps the rows whose message the queue no longer holds.
 async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let warnings = QuietWarnings::new();
+    let visibility = Duration::from_secs(shared.config.settings.worker.visibility_timeout.max(1));
+    let mut next_sweep = tokio::time::Instant::now() + visibility;
     loop {
+        if tokio::time::Instant::now() >= next_sweep {
+            sweep(&shared, visibility * 2).await;
+            next_sweep = tokio::time::Instant::now() + visibility;
+        }
         match shared.queue.housekeeping().await {
             Ok(stats) => {
                 warnings.recovered("task queue housekeeping");
@@ -345,6 +352,56 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Records as FAILURE the runs that have been waiting (PENDING, RETRY) for longer than
+/// `age` while the queue holds no message for them: Redis lost its data (restarted
+/// without persistence, or rolled back), so no worker will ever run them, and their rows
+/// would wait forever.
+async fn sweep(shared: &Shared, age: Duration) {
+    // The queue is read first: a message queued after this has a younger row.
+    let held = match shared.queue.task_ids().await {
+        Ok(Some(ids)) => ids,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!("cannot list queued tasks for the sweep: {e}");
+            return;
+        }
+    };
+    let before = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+    let waiting = match crate::store::task_results::waiting_since(&shared.db, before).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::debug!("cannot list waiting task results for the sweep: {e}");
+            return;
+        }
+    };
+    let err = TaskError::new(
+        "WorkerLostError",
+        "keystone.worker",
+        "the task queue no longer holds this task (Redis lost its data: restarted without \
+         persistence or rolled back); it will not run (queue it again with `keystone task run`)"
+            .to_string(),
+    );
+    let failure = crate::store::task_results::Failure {
+        result: err.result_json().to_string(),
+        traceback: err.to_string(),
+    };
+    let mut lost = 0;
+    for id in waiting.iter().filter(|id| !held.contains(*id)) {
+        match crate::store::task_results::fail_waiting(&shared.db, id, before, &failure).await {
+            Ok(true) => lost += 1,
+            Ok(false) => {}
+            Err(e) => tracing::debug!("cannot record the lost task {id}: {e}"),
+        }
+    }
+    if lost > 0 {
+        tracing::warn!(
+            "{lost} task(s) waiting for longer than {}s are no longer in the task queue \
+             (Redis lost its data); recorded as FAILURE",
+            age.as_secs()
+        );
     }
 }
 

@@ -141,6 +141,48 @@ pub async fn status(db: &Db, task_id: &str) -> Result<Option<(String, Option<Str
     Ok(row)
 }
 
+/// Runs still waiting to be run (`PENDING` or `RETRY`) whose row last changed before
+/// `before`, by task id. (`STARTED` rows are left out: a worker, or an inline run that was
+/// never queued, is running them and records their outcome.)
+pub async fn waiting_since(db: &Db, before: DateTime<Utc>) -> Result<Vec<String>, DbError> {
+    let ids: Vec<String> = on_db!(db, |p| {
+        sqlx::query_scalar(
+            "SELECT task_id FROM django_celery_results_taskresult \
+             WHERE status IN ('PENDING', 'RETRY') AND date_done < $1",
+        )
+        .bind(before)
+        .fetch_all(p)
+        .await
+    })?;
+    Ok(ids)
+}
+
+/// Records a waiting run as `FAILURE` with `failure`, unless its row changed since `before`
+/// (a worker got to it meanwhile). Whether it was marked.
+pub async fn fail_waiting(
+    db: &Db,
+    task_id: &str,
+    before: DateTime<Utc>,
+    failure: &Failure,
+) -> Result<bool, DbError> {
+    let done = on_db!(db, |p| {
+        sqlx::query(
+            "UPDATE django_celery_results_taskresult SET status = 'FAILURE', result = $1, \
+             traceback = $2, date_done = $3 WHERE task_id = $4 \
+             AND status IN ('PENDING', 'RETRY') AND date_done < $5",
+        )
+        .bind(&failure.result)
+        .bind(&failure.traceback)
+        .bind(Utc::now())
+        .bind(task_id)
+        .bind(before)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected())
+    })?;
+    Ok(done == 1)
+}
+
 /// Whether a stored status is final (the run will not change any more).
 pub fn is_terminal(status: &str) -> bool {
     matches!(status, "SUCCESS" | "FAILURE" | "REVOKED")

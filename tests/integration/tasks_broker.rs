@@ -785,6 +785,39 @@ fn a_worker_takes_no_task_while_its_database_is_away() {
     );
 }
 
+/// Redis restarted without its data loses the queued messages: their rows would stay
+/// PENDING forever. A worker's sweep records them as FAILURE (`WorkerLostError`) once they
+/// have waited two visibility timeouts, and leaves alone what the queue still holds.
+#[test]
+fn rows_whose_messages_redis_lost_are_recorded_as_failures() {
+    let Some(mut redis) = crate::common::redis::PrivateRedis::start() else {
+        return;
+    };
+    let mut t = RedisSite::on(Backend::Sqlite, &redis.url());
+    t.site.set("KEYSTONE_WORKER__VISIBILITY_TIMEOUT", "2");
+    let log = slow_sacctmgr(&mut t.site, 0);
+    let lost: Vec<String> = (0..2)
+        .map(|_| queue_task(&t.site, &["update-limits-cluster", "slowpoke"]))
+        .collect();
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    let worker = t.site.serve("worker", &[]);
+    let kept = queue_task(&t.site, &["update-limits-cluster", "slowpoke"]);
+    let swept = wait_until(Duration::from_secs(20), || {
+        lost.iter()
+            .all(|id| status_of(&t.site, id).as_deref() == Some("FAILURE"))
+    });
+    let (status, out) = worker.stop();
+    assert!(swept, "{:?} {out}", task_rows(&t.site));
+    assert_eq!(status.code(), Some(0), "{out}");
+    for id in &lost {
+        let result = rows_for(&t.site, id)[0].result.clone().unwrap_or_default();
+        assert!(result.contains("WorkerLostError"), "{result}");
+    }
+    assert_eq!(status_of(&t.site, &kept).as_deref(), Some("SUCCESS"));
+    assert_eq!(calls(&log), 1, "only the task the queue held ran");
+    assert!(out.contains("no longer in the task queue"), "{out}");
+}
+
 /// `task run --wait` gives up after `--timeout` when no worker finishes the run (here none
 /// runs; a message lost with Redis's data would wait the same way).
 #[test]
