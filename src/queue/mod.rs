@@ -221,14 +221,10 @@ pub trait Queue: Send + Sync {
     async fn task_ids(&self) -> Result<Option<std::collections::HashSet<String>>, BrokerError> {
         Ok(None)
     }
-    /// Whether tasks it holds outlive this process (false for the in-process queue).
-    fn keeps_tasks(&self) -> bool {
-        true
-    }
     /// At exit, the tasks that are lost with this process (queued, waiting for a retry, or
-    /// released unfinished): empty for a queue that keeps them.
-    fn abandon(&self) -> Vec<Result<Message, String>> {
-        Vec::new()
+    /// released unfinished); None for a queue whose tasks outlive the process.
+    fn abandon(&self) -> Option<Vec<Result<Message, String>>> {
+        None
     }
 }
 
@@ -466,21 +462,13 @@ impl Queue for LocalQueue {
         Ok(())
     }
 
-    fn keeps_tasks(&self) -> bool {
-        false
-    }
-
-    fn abandon(&self) -> Vec<Result<Message, String>> {
+    fn abandon(&self) -> Option<Vec<Result<Message, String>>> {
         let mut s = self.lock();
         let released = std::mem::take(&mut s.released);
         let queued = s.queued.drain(..).map(|(_, raw)| raw).collect::<Vec<_>>();
         let delayed = s.delayed.drain(..).map(|(_, raw)| raw).collect::<Vec<_>>();
-        released
-            .into_iter()
-            .chain(queued)
-            .chain(delayed)
-            .map(|raw| Message::from_json(&raw))
-            .collect()
+        let lost = released.into_iter().chain(queued).chain(delayed);
+        Some(lost.map(|raw| Message::from_json(&raw)).collect())
     }
 
     async fn housekeeping(&self) -> Result<QueueStats, BrokerError> {

@@ -271,44 +271,40 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         while running.join_next().await.is_some() {}
     })
     .await;
+    let mut unfinished = 0;
     if drained.is_err() {
-        let unfinished: Vec<Delivery> = shared
+        let released: Vec<Delivery> = shared
             .in_flight
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
-        if shared.queue.keeps_tasks() {
-            tracing::warn!(
-                "{} task(s) did not finish within {grace:?}; they stay queued for another worker",
-                unfinished.len()
-            );
-        } else {
-            tracing::warn!(
-                "{} task(s) did not finish within {grace:?}; they are stopped",
-                unfinished.len()
-            );
-        }
-        for d in &unfinished {
+        for d in &released {
             let _ = tokio::time::timeout(Duration::from_secs(2), shared.queue.release(d)).await;
         }
         running.abort_all();
+        unfinished = released.len();
     }
     housekeeping.abort();
-    abandon(&shared).await;
+    match shared.queue.abandon() {
+        None if unfinished > 0 => tracing::warn!(
+            "{unfinished} task(s) did not finish within {grace:?}; they stay queued for another worker"
+        ),
+        None => {}
+        Some(lost) => record_lost(&shared, lost).await,
+    }
     shared.queue.retire().await;
 }
 
 /// At exit, records the tasks an in-process queue loses with this process as FAILURE
 /// (`WorkerLostError`), so no row stays PENDING for a run that will never come.
-async fn abandon(shared: &Arc<Shared>) {
-    let lost = shared.queue.abandon();
+async fn record_lost(shared: &Arc<Shared>, lost: Vec<Result<Message, String>>) {
     if lost.is_empty() {
         return;
     }
     tracing::warn!(
-        "{} task(s) queued, waiting for a retry or stopped in this process are lost with it \
-         (the in-process queue of `serve --role all` keeps nothing; run Redis to keep tasks \
-         across restarts); their results are recorded as FAILURE",
+        "{} task(s) queued, waiting for a retry or stopped unfinished in this process are lost \
+         with it (the in-process queue of `serve --role all` keeps nothing; run Redis to keep \
+         tasks across restarts); their results are recorded as FAILURE",
         lost.len()
     );
     for msg in lost.iter().flatten() {
@@ -316,12 +312,9 @@ async fn abandon(shared: &Arc<Shared>) {
         let attempt = results::Attempt {
             started: Utc::now(),
             elapsed: Duration::ZERO,
-            outcome: Err(TaskError::new(
-                "WorkerLostError",
-                "keystone.worker",
+            outcome: Err(worker_lost(
                 "the process stopped before this task finished; the in-process queue keeps \
-                 nothing (run it again with `keystone task run`)"
-                    .to_string(),
+                 nothing (run it again with `keystone task run`)",
             )),
         };
         if let Err(e) = results::finish(&ctx, &run, &attempt, Status::Failure).await {
@@ -377,17 +370,10 @@ async fn sweep(shared: &Shared, age: Duration) {
             return;
         }
     };
-    let err = TaskError::new(
-        "WorkerLostError",
-        "keystone.worker",
+    let failure = results::failure(&worker_lost(
         "the task queue no longer holds this task (Redis lost its data: restarted without \
-         persistence or rolled back); it will not run (queue it again with `keystone task run`)"
-            .to_string(),
-    );
-    let failure = crate::store::task_results::Failure {
-        result: err.result_json().to_string(),
-        traceback: err.to_string(),
-    };
+         persistence or rolled back); it will not run (queue it again with `keystone task run`)",
+    ));
     let mut lost = 0;
     for id in waiting.iter().filter(|id| !held.contains(*id)) {
         match crate::store::task_results::fail_waiting(&shared.db, id, before, &failure).await {
@@ -405,7 +391,6 @@ async fn sweep(shared: &Shared, age: Duration) {
     }
 }
 
-/// Runs one delivery to its end: recorded, then acknowledged, retried or dead-lettered.
 /// Aborts a spawned task when dropped (also when the owner is aborted or unwinds).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -415,6 +400,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Runs one delivery to its end: recorded, then acknowledged, retried or dead-lettered.
 async fn handle(shared: &Arc<Shared>, d: Delivery) {
     shared.track(&d, true);
     // In its own tokio task so that a panic in task code ends only this run.
@@ -486,14 +472,10 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
         }
     }
     if d.deliveries > shared.max_deliveries {
-        let err = TaskError::new(
-            "WorkerLostError",
-            "keystone.worker",
-            format!(
-                "delivered {} times without finishing (its workers stopped or were killed); not run again",
-                d.deliveries - 1
-            ),
-        );
+        let err = worker_lost(format!(
+            "delivered {} times without finishing (its workers stopped or were killed); not run again",
+            d.deliveries - 1
+        ));
         tracing::error!(task = %msg.task, task_id = %msg.id, "{err}");
         let attempt = results::Attempt {
             started: Utc::now(),
@@ -626,6 +608,11 @@ async fn process(shared: &Arc<Shared>, d: &Delivery) {
             }
         }
     }
+}
+
+/// The error of a task no worker will run (Celery's `WorkerLostError`), saying `why`.
+fn worker_lost(why: impl Into<String>) -> TaskError {
+    TaskError::new("WorkerLostError", "keystone.worker", why.into())
 }
 
 /// The error of a run stopped at `worker.time_limit`: Celery's hard time limit, whose

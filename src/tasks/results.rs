@@ -24,11 +24,24 @@ pub async fn write(
     children: &[String],
     errors: &[String],
 ) -> Result<(), crate::store::DbError> {
-    let failure = error.map(|e| task_results::Failure {
+    task_results::write(
+        db,
+        run,
+        status,
+        started,
+        error.map(failure),
+        children,
+        errors,
+    )
+    .await
+}
+
+/// How an error is stored in a failed run's row (`result` JSON and `traceback`).
+pub fn failure(e: &TaskError) -> task_results::Failure {
+    task_results::Failure {
         result: e.result_json().to_string(),
         traceback: e.traceback.clone().unwrap_or_else(|| e.to_string()),
-    });
-    task_results::write(db, run, status, started, failure, children, errors).await
+    }
 }
 
 /// One attempt of a queued run: its `STARTED` row written, its code run.

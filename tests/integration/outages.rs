@@ -30,12 +30,7 @@ fn a_database_outage_is_a_prompt_503_and_the_pool_recovers() {
     let token = stdout(&site.run(&["token", "create", "ops"]))
         .trim()
         .to_string();
-    let url = url::Url::parse(&postgres_admin_url()).expect("postgres url");
-    let mut relay = Relay::start(&format!(
-        "{}:{}",
-        url.host_str().unwrap_or("127.0.0.1"),
-        url.port().unwrap_or(5432)
-    ));
+    let mut relay = Relay::to_postgres();
     site.set("KEYSTONE_DATABASE__HOST", "127.0.0.1")
         .set("KEYSTONE_DATABASE__PORT", &relay.port.to_string());
     let web = site.serve("web", &[]);

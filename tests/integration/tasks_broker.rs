@@ -744,12 +744,7 @@ fn a_worker_takes_no_task_while_its_database_is_away() {
         .set("KEYSTONE_WORKER__VISIBILITY_TIMEOUT", "2")
         .set("KEYSTONE_WORKER__MAX_DELIVERIES", "2");
     let log = slow_sacctmgr(&mut t.site, 0);
-    let url = url::Url::parse(&postgres_admin_url()).expect("postgres url");
-    let mut relay = crate::common::relay::Relay::start(&format!(
-        "{}:{}",
-        url.host_str().unwrap_or("127.0.0.1"),
-        url.port().unwrap_or(5432)
-    ));
+    let mut relay = crate::common::relay::Relay::to_postgres();
     let port = relay.port.to_string();
     let worker = t.site.serve(
         "worker",

@@ -94,8 +94,9 @@ pub struct Embedded(Arc<RawValue>);
 impl Embedded {
     /// `summary` as JSON text (serialising these types cannot fail; null if it did).
     pub fn of(summary: &impl Serialize) -> Embedded {
-        let text = serde_json::to_string(summary).unwrap_or_else(|_| "null".into());
-        Embedded::parse(text).unwrap_or_else(Embedded::null)
+        serde_json::value::to_raw_value(summary)
+            .map(|raw| Embedded(raw.into()))
+            .unwrap_or_else(|_| Embedded::null())
     }
 
     /// Stored JSON text, embedded as it is; None unless it is one JSON value.

@@ -1,6 +1,6 @@
 //! A TCP relay between a daemon and a service it uses, which a test can cut and restore.
 
-use super::free_port;
+use super::{free_port, postgres_admin_url};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +39,16 @@ impl Relay {
             let _ = to.shutdown(Shutdown::Both);
             let _ = from.shutdown(Shutdown::Both);
         });
+    }
+
+    /// A relay to the test kit's PostgreSQL.
+    pub fn to_postgres() -> Relay {
+        let url = url::Url::parse(&postgres_admin_url()).expect("postgres url");
+        Relay::start(&format!(
+            "{}:{}",
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(5432)
+        ))
     }
 
     /// Listens again and relays every new connection.
